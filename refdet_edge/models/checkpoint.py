@@ -1,0 +1,96 @@
+"""Building models and saving/loading this project's checkpoints (atomic writes, ``weights_only`` loads)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from refdet_edge import __version__
+from refdet_edge.models.refdet import ModelConfig, RefDetModel
+from refdet_edge.models.weights import WeightsError, load_dinov2_weights, load_yolo_weights
+
+CHECKPOINT_FORMAT = "refdet-edge/1"
+
+
+def create_model(
+    config: ModelConfig | None = None,
+    yolo_weights: str | Path | None = None,
+    dinov2_weights: str | Path | None = None,
+    **overrides: Any,
+) -> RefDetModel:
+    """The one entry point for a fresh model: architecture from ``config`` (or keyword overrides of the
+    defaults), random initialisation unless local weight files are given."""
+    if config is None:
+        config = ModelConfig(**overrides)
+    elif overrides:
+        raise TypeError("pass either a ModelConfig or keyword overrides, not both")
+    model = RefDetModel(config)
+    if yolo_weights is not None:
+        load_yolo_weights(model, yolo_weights)
+    if dinov2_weights is not None:
+        load_dinov2_weights(model, dinov2_weights)
+    return model
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: never a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_payload(model: RefDetModel, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint holds: format tag, package version, architecture config, weights, and ``extra``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "config": model.config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint of this project with ``weights_only=True`` (loading never runs code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: not a readable refdet-edge checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise WeightsError(
+            f"{path}: not a refdet-edge checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+    return ckpt
+
+
+def load_model(path: str | Path) -> RefDetModel:
+    """Rebuild the architecture stored in a checkpoint and load its weights; a mismatch names the file."""
+    ckpt = read_checkpoint(path)
+    try:
+        model = RefDetModel(ModelConfig(**ckpt["config"]))
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{path}: field 'config' does not describe a known architecture ({err})") from err
+    result = model.load_state_dict(ckpt["model"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"{path}: weights do not fit the architecture (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})"
+        )
+    return model

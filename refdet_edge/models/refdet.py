@@ -1,0 +1,166 @@
+"""The reference-conditioned detector: support encoder, query backbone, CHEAF fusion and prototype head."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from refdet_edge.models.backbone import QueryBackbone
+from refdet_edge.models.fusion import CHEAF
+from refdet_edge.models.head import PrototypeHead
+from refdet_edge.models.prototypes import COMBINE_MODES, PrototypeProjector
+from refdet_edge.models.support import DEFAULT_SUPPORT_MODEL, SupportEncoder
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the architecture; stored in every checkpoint."""
+
+    imgsz: int = 640
+    support_size: int = 224
+    support_model: str = DEFAULT_SUPPORT_MODEL
+    yolo_cfg: str = "yolov8n.yaml"
+    embed_dim: int = 128
+    head_embed_dim: int = 64
+    reg_max: int = 16
+    prototype_pool: int = 2
+    combine: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.imgsz % 32:
+            raise ValueError(f"imgsz must be a multiple of 32, got {self.imgsz}")
+        if self.support_size % 14:
+            raise ValueError(f"support_size must be a multiple of 14, got {self.support_size}")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class References:
+    """Encoded references of N targets: per-level prototypes (N, T, C_l) and a global embedding (N, E)."""
+
+    prototypes: list[torch.Tensor]
+    global_embedding: torch.Tensor
+    num_targets: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.num_targets = self.global_embedding.shape[0]
+
+
+class RefDetModel(nn.Module):
+    """Finds the targets shown in reference images in query frames.
+
+    ``set_references(images)`` encodes the references once and caches their prototypes; ``forward(query)``
+    then reuses them. ``forward(query, references)`` encodes references on the fly (training). Images are
+    RGB in [0, 1] (see :mod:`refdet_edge.preprocess`): queries (B, 3, imgsz, imgsz), references
+    (N, K, 3, S, S) for N targets with K photos each, or (K, 3, S, S) for one target.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        cfg = self.config
+        self.support = SupportEncoder(cfg.support_model, cfg.support_size)
+        self.backbone = QueryBackbone(cfg.yolo_cfg)
+        channels = self.backbone.channels
+        self.projector = PrototypeProjector(
+            self.support.embed_dim, channels, cfg.embed_dim, self.support.grid, cfg.prototype_pool
+        )
+        self.fusion = CHEAF(channels)
+        self.head = PrototypeHead(channels, self.backbone.strides, cfg.reg_max, cfg.head_embed_dim)
+        self.query_embed = nn.Linear(channels[-1], cfg.embed_dim)
+        self.fused_embed = nn.Linear(channels[-1], cfg.embed_dim)
+        self._cache: References | None = None
+
+    @property
+    def num_prototype_tokens(self) -> int:
+        return self.projector.num_tokens
+
+    @property
+    def has_references(self) -> bool:
+        return self._cache is not None
+
+    def _check_references(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() == 4:
+            images = images[None]
+        s = self.config.support_size
+        if images.dim() != 5 or images.shape[2] != 3 or tuple(images.shape[-2:]) != (s, s):
+            raise ValueError(
+                f"references must be (N, K, 3, {s}, {s}) or (K, 3, {s}, {s}) RGB images at the support size, "
+                f"got shape {tuple(images.shape)}"
+            )
+        return images
+
+    def _check_query(self, query: torch.Tensor) -> None:
+        if query.dim() != 4 or query.shape[1] != 3 or query.shape[2] % 32 or query.shape[3] % 32:
+            raise ValueError(
+                "query must be (B, 3, H, W) RGB images with H and W multiples of 32, "
+                f"got shape {tuple(query.shape)}"
+            )
+
+    def encode_references(self, images: torch.Tensor) -> References:
+        """(N, K, 3, S, S) or (K, 3, S, S) reference images -> :class:`References` (gradients flow)."""
+        images = self._check_references(images)
+        n, k = images.shape[:2]
+        cls, patches = self.support(images.flatten(0, 1))
+        prototypes, embedding = self.projector(cls, patches, n, k, self.config.combine)
+        return References(prototypes, embedding)
+
+    @torch.no_grad()
+    def set_references(self, images: torch.Tensor) -> References:
+        """Encode the references once and cache them for every following ``forward(query)``."""
+        self._cache = self.encode_references(images)
+        return self._cache
+
+    def clear_references(self) -> None:
+        self._cache = None
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Query-path embedding (M, E) of images or crops: the projected average pool of P5."""
+        self._check_query(images)
+        return self.query_embed(self.backbone(images)[-1].mean((2, 3)))
+
+    def embed_references(self, images: torch.Tensor) -> torch.Tensor:
+        """Support-path embedding (M, E) of single reference images (M, 3, S, S)."""
+        return self.encode_references(images[:, None]).global_embedding
+
+    def detect(self, query: torch.Tensor, prototypes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The per-frame path: query frames and prototypes -> detections (what ``detector.onnx`` holds)."""
+        self._check_query(query)
+        return self.head(self.fusion(self.backbone(query), prototypes), prototypes)
+
+    def forward(
+        self, query: torch.Tensor, references: torch.Tensor | None = None, return_features: bool = False
+    ) -> dict:
+        """Detections of every target in every query frame; see :meth:`PrototypeHead.forward` for the keys.
+
+        With ``return_features=True`` the result is ``{"detections": ..., "features": {...}}`` with
+        ``support_global`` (N, E), ``query_global`` (B, E), ``fused_global`` (B, E) and ``prototypes``
+        (list of (N, T, C_l)), all from the same single pass.
+        """
+        self._check_query(query)
+        if references is not None:
+            refs = self.encode_references(references)
+        elif self._cache is not None:
+            refs = self._cache
+        else:
+            raise RuntimeError(
+                "no references: call model.set_references(images) first or pass forward(query, references)"
+            )
+        feats = self.backbone(query)
+        fused = self.fusion(feats, refs.prototypes)
+        detections = self.head(fused, refs.prototypes)
+        if not return_features:
+            return detections
+        features = {
+            "support_global": refs.global_embedding,
+            "query_global": self.query_embed(feats[-1].mean((2, 3))),
+            "fused_global": self.fused_embed(fused[-1].mean((2, 3))),
+            "prototypes": refs.prototypes,
+        }
+        return {"detections": detections, "features": features}

@@ -1,0 +1,46 @@
+"""Size of the model per module and cost of its two paths, as ``refdet info`` prints them."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from refdet_edge.models.refdet import RefDetModel
+
+PER_FRAME_MODULES = ("backbone", "fusion", "head")
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _gflops(fn, *args) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops() / 1e9
+
+
+def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
+    """Parameters per module, and GFLOPs (2 x multiply-accumulates, as ultralytics counts them) of the
+    per-frame path (one query frame at ``imgsz`` against one target) and of the support encoder (one
+    target's ``num_refs`` reference images at ``support_size``)."""
+    cfg = model.config
+    was_training = model.training
+    model.eval()
+    query = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    refs = torch.zeros(1, num_refs, 3, cfg.support_size, cfg.support_size)
+    with torch.no_grad():
+        prototypes = model.encode_references(refs).prototypes
+    per_frame = _gflops(model.detect, query, prototypes)
+    support = _gflops(model.encode_references, refs)
+    model.train(was_training)
+    modules = {name: _params(mod) for name, mod in model.named_children()}
+    return {
+        "imgsz": cfg.imgsz,
+        "support_size": cfg.support_size,
+        "num_refs": num_refs,
+        "params": modules,
+        "per_frame": {"params": sum(modules[m] for m in PER_FRAME_MODULES), "gflops": per_frame},
+        "support_path": {"params": modules["support"] + modules["projector"], "gflops": support},
+        "total_params": _params(model),
+    }
