@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
-from ultralytics.utils.ops import scale_boxes
+from ultralytics.utils.ops import clip_boxes
 
 PAD_VALUE = 114
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,29 +32,32 @@ class LetterboxInfo:
 
     orig_shape: tuple[int, int]  # (height, width) of the original image
     size: int  # side of the square model input
-    gain: float
-    pad: tuple[float, float]  # (left, top) padding in model-input pixels
+    gain: tuple[float, float]  # (x, y) scale from original to model-input pixels
+    pad: tuple[int, int]  # (left, top) padding in model-input pixels
 
     def to_input(self, boxes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Map xyxy boxes from original pixels into model-input pixels."""
-        out = boxes * self.gain
-        out[..., [0, 2]] += self.pad[0]
-        out[..., [1, 3]] += self.pad[1]
+        out = boxes * 1.0
+        out[..., [0, 2]] = out[..., [0, 2]] * self.gain[0] + self.pad[0]
+        out[..., [1, 3]] = out[..., [1, 3]] * self.gain[1] + self.pad[1]
         return out
 
     def to_original(self, boxes: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Map xyxy boxes from model-input pixels back to original pixels, clipped to the image."""
-        out = boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
-        return scale_boxes((self.size, self.size), out, self.orig_shape, ratio_pad=((self.gain,), self.pad))
+        out = boxes * 1.0
+        out[..., [0, 2]] = (out[..., [0, 2]] - self.pad[0]) / self.gain[0]
+        out[..., [1, 3]] = (out[..., [1, 3]] - self.pad[1]) / self.gain[1]
+        return clip_boxes(out, self.orig_shape)
 
 
 def letterbox_info(orig_shape: tuple[int, int], size: int) -> LetterboxInfo:
-    """The mapping that :func:`letterbox` applies to an image of ``orig_shape`` (h, w)."""
+    """The mapping that :func:`letterbox` applies to an image of ``orig_shape`` (h, w): LetterBox scales by
+    ``min(size / h, size / w)``, rounds each side and centres the result."""
     h, w = orig_shape
     gain = min(size / h, size / w)
-    pad_w = round((size - round(w * gain)) / 2 - 0.1)
-    pad_h = round((size - round(h * gain)) / 2 - 0.1)
-    return LetterboxInfo(orig_shape=(h, w), size=size, gain=gain, pad=(pad_w, pad_h))
+    new_w, new_h = max(round(w * gain), 1), max(round(h * gain), 1)
+    pad = (round((size - new_w) / 2 - 0.1), round((size - new_h) / 2 - 0.1))
+    return LetterboxInfo(orig_shape=(h, w), size=size, gain=(new_w / w, new_h / h), pad=pad)
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, LetterboxInfo]:
