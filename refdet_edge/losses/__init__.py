@@ -1,0 +1,24 @@
+"""Training losses: detection (WIoU v3 + DFL + all-anchor BCE), SupCon, prototype contrastive, triplet.
+
+Every loss returns a 0-dim tensor (``DetectionLoss`` also a dict of its components); :func:`combine` makes
+the weighted sum with :class:`LossWeights`, the single place where per-stage weights are applied.
+"""
+
+from .contrastive import PrototypeContrastiveLoss, SupConLoss
+from .detection import WIOU_MOMENTUM, BoxLoss, DetectionLoss, WIoULoss
+from .triplet import TripletLoss, cosine_distance_matrix, mine_batch_hard
+from .weights import LossWeights, combine
+
+__all__ = [
+    "WIOU_MOMENTUM",
+    "BoxLoss",
+    "DetectionLoss",
+    "LossWeights",
+    "PrototypeContrastiveLoss",
+    "SupConLoss",
+    "TripletLoss",
+    "WIoULoss",
+    "combine",
+    "cosine_distance_matrix",
+    "mine_batch_hard",
+]
