@@ -10,9 +10,9 @@ from faster_coco_eval import COCO, COCOeval_faster
 
 from refdet_edge.data.annotations import DatasetError, save_annotations
 from refdet_edge.evaluation.metrics import (
-    box_iou,
     evaluate,
     load_predictions,
+    paired_iou,
     save_predictions,
     st_iou,
 )
@@ -29,9 +29,9 @@ def track(frames, box=BOX):
 # ---- ST-IoU ----
 
 
-def test_box_iou_partial_overlap_by_hand():
-    assert box_iou([BOX], [SHIFTED])[0, 0] == pytest.approx(0.6)
-    assert box_iou([(0, 0, 10, 10)], [(5, 0, 15, 10)])[0, 0] == pytest.approx(50 / 150)
+def test_paired_iou_by_hand():
+    ious = paired_iou([BOX, (0, 0, 10, 10), BOX, BOX], [SHIFTED, (5, 0, 15, 10), FAR, BOX])
+    assert ious == pytest.approx([0.6, 50 / 150, 0.0, 1.0])
 
 
 def test_st_iou_empty_prediction_is_zero():
@@ -285,3 +285,30 @@ def test_prediction_file_with_unknown_or_missing_video_names_file_and_video(tmp_
     path.write_text('[{"video_id": "a", "annotations": []}]')
     with pytest.raises(DatasetError, match=r"p\.json: video 'a': field 'detections'"):
         load_predictions(path, ["a"])
+
+
+# ---- figures ----
+
+
+def test_plots_write_pngs_from_evaluate_output(tmp_path):
+    from matplotlib.image import imread
+
+    from refdet_edge.evaluation.plots import plot_pr_curve, plot_st_iou_per_video, plot_timeline
+
+    gt, pred, num_frames = random_scenario(2)
+    result = evaluate(gt, pred, num_frames)
+    overall = result["overall"]
+    paths = [
+        plot_pr_curve(result["pr_curve"], tmp_path / "pr.png", (overall["recall"], overall["precision"])),
+        plot_st_iou_per_video({v: m["st_iou"] for v, m in result["per_video"].items()}, tmp_path / "st.png"),
+        plot_timeline(
+            gt["vid_0"],
+            {f: max(d, key=lambda b: b[4]) for f, d in pred["vid_0"].items()},
+            60,
+            tmp_path / "t/0.png",
+        ),
+        plot_timeline({}, {}, 0, tmp_path / "empty.png"),
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert imread(path).shape[0] > 100

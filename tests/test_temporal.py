@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refdet_edge.evaluation.metrics import box_iou, evaluate
+from refdet_edge.evaluation.metrics import evaluate, paired_iou
 from refdet_edge.evaluation.temporal import SingleTargetTracker, TemporalConfig, apply_temporal
 
 
@@ -29,7 +29,7 @@ def test_single_spurious_detection_is_suppressed():
     out = apply_temporal(dets, TemporalConfig(min_hits=3))
     assert 40 not in out
     assert sorted(out) == list(range(2, 20))  # reported from the third consecutive hit on
-    assert box_iou([out[10][:4]], [target_box(10)])[0, 0] > 0.8
+    assert paired_iou([out[10][:4]], [target_box(10)])[0] > 0.8
 
 
 def test_two_frame_gap_inside_a_track_is_bridged():
@@ -37,7 +37,7 @@ def test_two_frame_gap_inside_a_track_is_bridged():
     out = apply_temporal(dets, TemporalConfig(min_hits=3, max_gap=2))
     assert sorted(out) == list(range(2, 25))
     for frame in (10, 11):
-        assert box_iou([out[frame][:4]], [target_box(frame)])[0, 0] > 0.7
+        assert paired_iou([out[frame][:4]], [target_box(frame)])[0] > 0.7
         assert out[frame][4] == pytest.approx(0.9)  # score of the last matched detection
     too_short = apply_temporal(dets, TemporalConfig(min_hits=3, max_gap=1))
     assert 10 not in too_short and 11 not in too_short
@@ -60,7 +60,7 @@ def test_at_most_one_box_per_frame_following_the_target():
     assert out
     for frame, box in out.items():
         assert len(box) == 5
-        assert box_iou([box[:4]], [target_box(frame)])[0, 0] > 0.7
+        assert paired_iou([box[:4]], [target_box(frame)])[0] > 0.7
 
 
 def test_smoothing_reduces_jitter():

@@ -35,9 +35,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from faster_coco_eval import COCO, COCOeval_faster
-from torchvision.ops import box_iou as _torch_box_iou
 
 from refdet_edge.data.annotations import (
     DETECTIONS_KEY,
@@ -71,11 +69,20 @@ _COUNT_KEYS = (
 )
 
 
-def box_iou(boxes1: np.ndarray | Iterable, boxes2: np.ndarray | Iterable) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes, ``(N, 4) x (M, 4) -> (N, M)`` (torchvision, in float64)."""
-    a = torch.as_tensor(np.asarray(boxes1, dtype=np.float64).reshape(-1, 4))
-    b = torch.as_tensor(np.asarray(boxes2, dtype=np.float64).reshape(-1, 4))
-    return _torch_box_iou(a, b).numpy()
+def paired_iou(boxes1: np.ndarray | Iterable, boxes2: np.ndarray | Iterable) -> np.ndarray:
+    """IoU of each xyxy box in ``boxes1`` with the box at the same position in ``boxes2``: ``(N, 4) -> (N,)``.
+
+    Continuous coordinates as in COCO (no +1 pixel); 0 where both boxes are empty.
+    """
+    a = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_iou: {len(a)} boxes against {len(b)}")
+    iw = (np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])).clip(min=0)
+    ih = (np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])).clip(min=0)
+    inter = iw * ih
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _frame_index(frame: object, num_frames: int, source: str, video_id: str) -> int:
@@ -144,8 +151,7 @@ def _st_iou(gt: Mapping[int, Box], top: Mapping[int, Box]) -> float:
     both = sorted(gt.keys() & top.keys())
     if not both:
         return 0.0
-    ious = box_iou([gt[f] for f in both], [top[f] for f in both]).diagonal()
-    return float(ious.sum() / union)
+    return float(paired_iou([gt[f] for f in both], [top[f] for f in both]).sum() / union)
 
 
 def st_iou(
@@ -165,19 +171,13 @@ def _counts(
 ) -> dict[str, int]:
     kept = {f: [b for b, s in d if s >= score_threshold] for f, d in dets.items()}
     kept = {f: boxes for f, boxes in kept.items() if boxes}
-    tp = fp = bg_fp = small = small_found = 0
-    for f, boxes in kept.items():
-        if f not in gt:
-            bg_fp += len(boxes)
-            fp += len(boxes)
-    for f, gt_box in gt.items():
-        boxes = kept.get(f, [])
-        hit = bool(boxes) and bool((box_iou([gt_box], boxes) >= MATCH_IOU).any())
-        tp += hit
-        fp += len(boxes) - hit
-        if max(gt_box[2] - gt_box[0], gt_box[3] - gt_box[1]) < SMALL_OBJECT_MAX_SIDE:
-            small += 1
-            small_found += hit
+    pairs = [(f, box) for f, boxes in kept.items() if f in gt for box in boxes]
+    ious = paired_iou([gt[f] for f, _ in pairs], [box for _, box in pairs])
+    hits = {f for (f, _), iou in zip(pairs, ious, strict=True) if iou >= MATCH_IOU}
+    small = [f for f, (x1, y1, x2, y2) in gt.items() if max(x2 - x1, y2 - y1) < SMALL_OBJECT_MAX_SIDE]
+    tp = len(hits)
+    fp = sum(len(boxes) for boxes in kept.values()) - tp
+    bg_fp = sum(len(boxes) for f, boxes in kept.items() if f not in gt)
     return {
         "frames": num_frames,
         "background_frames": num_frames - len(gt),
@@ -187,8 +187,8 @@ def _counts(
         "false_positives": fp,
         "false_negatives": len(gt) - tp,
         "background_false_positives": bg_fp,
-        "small_objects": small,
-        "small_objects_found": small_found,
+        "small_objects": len(small),
+        "small_objects_found": len(hits.intersection(small)),
     }
 
 
