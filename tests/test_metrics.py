@@ -255,6 +255,8 @@ def test_evaluate_result_is_json_and_complete():
         ({"clip_7": {}}, {"clip_7": {3: (1, 2, 3)}}, r"predictions: video 'clip_7'.*frame 3"),
         ({"clip_7": {}}, {"other": {}}, r"predictions: video 'other'.*not one of the videos"),
         ({"clip_7": {"4": BOX}}, {}, r"ground truth: video 'clip_7'.*integer"),
+        ({"clip_7": {4: (1, 2, float("nan"), 9)}}, {}, r"ground truth: video 'clip_7'.*frame 4.*finite"),
+        ({"clip_7": {}}, {"clip_7": {5: [(1, 2, 3, 4, float("inf"))]}}, r"video 'clip_7'.*frame 5.*finite"),
     ],
 )
 def test_malformed_input_names_video_and_field(gt, pred, message):

@@ -31,7 +31,7 @@ A ratio whose denominator is zero is ``None`` (``null`` in JSON), never a made-u
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,6 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 MATCH_IOU = 0.5
 SMALL_OBJECT_MAX_SIDE = 32.0
 
-ScoredBox = tuple[float, float, float, float, float]
 Detections = list[tuple[Box, float]]  # one frame's boxes with their scores, highest score first
 
 _COUNT_KEYS = (
@@ -128,9 +127,12 @@ def _prepare_video(
     gt_boxes = {}
     for frame, box in gt.items():
         f = _frame_index(frame, num_frames, "ground truth", video_id)
-        if len(box) != 4:
-            raise DatasetError(f"{where('ground truth', video_id, f'frame {f}')}: expected 4 coordinates")
-        gt_boxes[f] = validate_box(box, "ground truth", video_id, f"frame {f}")
+        coords = np.asarray(box, dtype=np.float64) if isinstance(box, (Sequence, np.ndarray)) else None
+        if coords is None or coords.shape != (4,) or not np.isfinite(coords).all():
+            raise DatasetError(
+                f"{where('ground truth', video_id, f'frame {f}')}: expected 4 finite coordinates, got {box!r}"
+            )
+        gt_boxes[f] = validate_box(coords, "ground truth", video_id, f"frame {f}")
     dets = {}
     for frame, value in pred.items():
         f = _frame_index(frame, num_frames, "predictions", video_id)
