@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from refdet_edge import __version__
+from refdet_edge.data.commands import data
+from refdet_edge.export.commands import export
+from refdet_edge.training.commands import train
 
 
 @click.group(
@@ -48,3 +51,12 @@ def info(imgsz: int, support_size: int, num_refs: int, as_json: bool) -> None:
         (f"support ({num_refs} refs at {support_size})", "support_path"),
     ):
         click.echo(f"{label:<36}{summary[key]['params'] / 1e6:>12.3f}{summary[key]['gflops']:>10.2f}")
+
+
+cli.add_command(data)
+cli.add_command(train)
+cli.add_command(export)
+
+
+if __name__ == "__main__":
+    cli()
