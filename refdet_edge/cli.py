@@ -6,6 +6,7 @@ import click
 
 from refdet_edge import __version__
 from refdet_edge.data.commands import data
+from refdet_edge.export.commands import export
 
 
 @click.group(
@@ -52,3 +53,4 @@ def info(imgsz: int, support_size: int, num_refs: int, as_json: bool) -> None:
 
 
 cli.add_command(data)
+cli.add_command(export)
