@@ -153,7 +153,10 @@ def export(
     if onnx:
         model, source = _load_model(weights, yolo_weights, dinov2_weights, imgsz, support_size)
         profiles = _profiles(None, batch_max, targets_max, refs_max)
-        metadata = export_model(model, out_dir, imgsz, opset, simplify, profiles, source)
+        try:
+            metadata = export_model(model, out_dir, imgsz, opset, simplify, profiles, source)
+        except ExportError as err:
+            raise click.ClickException(f"{weights or yolo_weights}: {err}") from None
         graphs = metadata["graphs"]
         click.echo(
             f"wrote {out_dir / graphs['support_encoder']['file']}, {out_dir / graphs['detector']['file']}, "

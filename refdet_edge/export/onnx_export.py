@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
+from refdet_edge.export.metadata import ExportError
 from refdet_edge.models import RefDetModel
 from refdet_edge.postprocess import postprocess
 
@@ -123,8 +124,14 @@ def export_onnx(
     specialise); every one of those axes is then dynamic in the graph.
     """
     model = model.eval()
+    s, pool, grid = model.config.support_size, model.config.prototype_pool, model.support.grid
+    if grid[0] % pool or grid[1] % pool:
+        raise ExportError(
+            f"field 'config.support_size' {s} gives a {grid[0]}x{grid[1]} patch grid that prototype_pool {pool} "
+            "does not divide, and ONNX has no such adaptive pooling: train with a support size whose grid "
+            f"(size / patch) is a multiple of {pool}, such as 224"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    s = model.config.support_size
     refs = example_references(2, 2, s, seed=0)
     frames = example_frames(2, imgsz, seed=0)
     with torch.no_grad():
