@@ -33,9 +33,12 @@ class PrototypeHead(nn.Module):
         self.cv3 = nn.ModuleList(
             nn.Sequential(Conv(c, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, embed_dim, 1)) for c in channels
         )
+        with torch.no_grad():  # start with short box sides: targets are small (a few strides at most)
+            for tower in self.cv2:
+                tower[-1].bias.copy_((-0.5 * torch.arange(reg_max, dtype=torch.float)).repeat(4))
         self.proto = nn.ModuleList(nn.Linear(c, embed_dim) for c in channels)
         self.logit_scale = nn.Parameter(torch.tensor(10.0))
-        self.logit_bias = nn.Parameter(torch.tensor(-5.0))
+        self.logit_bias = nn.Parameter(torch.tensor(-8.0))
         self.dfl = DFL(reg_max)
 
     def forward(self, feats: list[torch.Tensor], prototypes: list[torch.Tensor]) -> dict[str, torch.Tensor]:

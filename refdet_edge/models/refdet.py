@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from refdet_edge.models.backbone import QueryBackbone
@@ -12,6 +13,7 @@ from refdet_edge.models.fusion import CHEAF
 from refdet_edge.models.head import PrototypeHead
 from refdet_edge.models.prototypes import COMBINE_MODES, PrototypeProjector
 from refdet_edge.models.support import DEFAULT_SUPPORT_MODEL, SupportEncoder
+from refdet_edge.preprocess import PAD_VALUE
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,13 @@ class RefDetModel(nn.Module):
         self._cache = None
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Query-path embedding (M, E) of images or crops: the projected average pool of P5."""
-        self._check_query(images)
+        """Query-path embedding (M, E) of images or crops of any size (padded with the letterbox grey to a
+        multiple of 32 on the right and bottom): the projected average pool of P5."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (M, 3, H, W), got shape {tuple(images.shape)}")
+        pad_h, pad_w = -images.shape[2] % 32, -images.shape[3] % 32
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), value=PAD_VALUE / 255)
         return self.query_embed(self.backbone(images)[-1].mean((2, 3)))
 
     def embed_references(self, images: torch.Tensor) -> torch.Tensor:
