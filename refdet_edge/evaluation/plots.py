@@ -24,7 +24,7 @@ _COLOURS = {
 }
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -53,7 +53,7 @@ def plot_pr_curve(
     ax.grid(alpha=0.3)
     if points or operating_point is not None:
         ax.legend(loc="lower left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_st_iou_per_video(
@@ -71,7 +71,7 @@ def plot_st_iou_per_video(
         title = f"{title} (dashed: mean {mean:.3f})"
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set(ylim=(0, 1.05), ylabel="ST-IoU", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_timeline(
@@ -118,4 +118,4 @@ def plot_timeline(
         fontsize=8,
         frameon=False,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)

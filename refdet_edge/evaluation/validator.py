@@ -1,0 +1,123 @@
+"""Runs a model over the videos of a dataset split and scores it: the validator of training and ``refdet eval``.
+
+Each video is searched for its own target: its reference photos are encoded once (``set_references``), then
+every frame of the split goes through the per-frame path. Raw detections (low threshold, several per frame)
+give mAP, precision/recall and false positives; the temporal post-processing of
+:mod:`refdet_edge.evaluation.temporal` turns them into at most one box per frame for ST-IoU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from refdet_edge.data.dataset import DroneDataset, VideoRecord
+from refdet_edge.evaluation.metrics import evaluate
+from refdet_edge.evaluation.temporal import TemporalConfig, apply_temporal
+from refdet_edge.models.refdet import RefDetModel
+from refdet_edge.postprocess import postprocess
+from refdet_edge.preprocess import preprocess_images
+
+ScoredBoxes = list[tuple[float, float, float, float, float]]
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    """How the model is run for evaluation."""
+
+    batch_size: int = 8
+    conf: float = 0.01  # low, so that mAP sees the whole precision-recall curve
+    iou: float = 0.5
+    max_det: int = 10
+    score_threshold: float = 0.5  # operating point of precision, recall, F1 and false positives
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    fps: float = 25.0
+
+
+def reference_batch(images: list[np.ndarray], support_size: int) -> torch.Tensor:
+    """One target's reference photos (RGB uint8) -> (1, K, 3, S, S)."""
+    return preprocess_images(images, support_size)[0][None]
+
+
+@torch.no_grad()
+def predict_video(
+    model: RefDetModel,
+    dataset: DroneDataset,
+    video: VideoRecord,
+    config: ValidatorConfig,
+    progress: Callable[[int], None] | None = None,
+) -> dict[int, ScoredBoxes]:
+    """Raw detections of ``video``'s own target in each frame of the split, in original-frame pixels."""
+    device = next(model.parameters()).device
+    model.set_references(
+        reference_batch(dataset.load_references(video), model.config.support_size).to(device)
+    )
+    out: dict[int, ScoredBoxes] = {}
+    try:
+        for start in range(0, len(video.frames), config.batch_size):
+            indices = video.frames[start : start + config.batch_size]
+            batch, infos = preprocess_images(
+                [dataset.load_frame(video, i)[0] for i in indices], model.config.imgsz
+            )
+            det = model(batch.to(device))
+            frames = postprocess(
+                det["boxes"], det["pred_scores"].sigmoid(), infos, config.conf, config.iou, config.max_det
+            )
+            for index, found in zip(indices, frames, strict=True):
+                boxes = (found.boxes / video.cached.scale).cpu().numpy()
+                out[index] = [
+                    (*map(float, b), float(s)) for b, s in zip(boxes, found.scores.tolist(), strict=True)
+                ]
+            if progress is not None:
+                progress(len(indices))
+    finally:
+        model.clear_references()
+    return out
+
+
+def _positions(video: VideoRecord, by_frame: dict[int, object]) -> dict[int, object]:
+    """Re-index a split's frames 0..n-1 so that a split that is part of a video scores as a video of its own."""
+    position = {frame: i for i, frame in enumerate(video.frames)}
+    return {position[f]: v for f, v in by_frame.items() if f in position}
+
+
+class Validator:
+    """Scores a model on every video of a dataset split (see the module docstring)."""
+
+    def __init__(self, dataset: DroneDataset, config: ValidatorConfig | None = None) -> None:
+        self.dataset = dataset
+        self.config = config or ValidatorConfig()
+
+    def __call__(
+        self, model: RefDetModel, progress: Callable[[int], None] | None = None
+    ) -> tuple[dict, dict[str, dict[int, ScoredBoxes]]]:
+        """``(metrics, raw detections per video)``; metrics hold ``raw`` (every detection) and ``temporal``
+        (after temporal post-processing) results of :func:`~refdet_edge.evaluation.metrics.evaluate`."""
+        was_training = model.training
+        model.eval()
+        raw: dict[str, dict[int, ScoredBoxes]] = {}
+        try:
+            for video in self.dataset.videos:
+                raw[video.video_id] = predict_video(model, self.dataset, video, self.config, progress)
+        finally:
+            model.train(was_training)
+        return self.score(raw), raw
+
+    def score(self, raw: dict[str, dict[int, ScoredBoxes]]) -> dict:
+        """Metrics of raw per-frame detections (original frame indices) of this split's videos."""
+        cfg = self.config
+        videos = {v.video_id: v for v in self.dataset.videos}
+        gt = {vid: _positions(v, v.boxes) for vid, v in videos.items()}
+        frames = {vid: len(v.frames) for vid, v in videos.items()}
+        raw_pos = {vid: _positions(videos[vid], dets) for vid, dets in raw.items()}
+        smoothed = {
+            vid: apply_temporal(dets, cfg.temporal, videos[vid].cached.orig_size)
+            for vid, dets in raw_pos.items()
+        }
+        return {
+            "raw": evaluate(gt, raw_pos, frames, cfg.fps, cfg.score_threshold),
+            "temporal": evaluate(gt, smoothed, frames, cfg.fps, cfg.score_threshold),
+        }
