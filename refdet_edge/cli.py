@@ -7,6 +7,7 @@ import click
 from refdet_edge import __version__
 from refdet_edge.data.commands import data
 from refdet_edge.export.commands import export
+from refdet_edge.training.commands import train
 
 
 @click.group(
@@ -53,4 +54,9 @@ def info(imgsz: int, support_size: int, num_refs: int, as_json: bool) -> None:
 
 
 cli.add_command(data)
+cli.add_command(train)
 cli.add_command(export)
+
+
+if __name__ == "__main__":
+    cli()

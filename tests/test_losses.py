@@ -377,14 +377,3 @@ def test_combine_equals_hand_weighted_sum_and_backpropagates():
         combine({"box": torch.ones(2)}, weights)
     with pytest.raises(ValueError, match=">= 0"):
         LossWeights(triplet=-1.0)
-
-
-def test_stage_weights():
-    stage_1, stage_2, stage_3 = (LossWeights.for_stage(s) for s in (1, 2, 3))
-    assert (stage_1.box, stage_1.dfl, stage_1.cls) == (7.5, 1.5, 0.5)
-    assert stage_1.supcon == stage_1.cpe == stage_1.triplet == 0.0
-    assert stage_2.supcon > 0 and stage_2.cpe > 0 and stage_2.triplet == 0.0
-    assert stage_3.triplet == 0.5 and LossWeights.for_stage(3, triplet_weight=0.2).triplet == 0.2
-    assert set(stage_3.as_dict()) == {"box", "dfl", "cls", "supcon", "cpe", "triplet"}
-    with pytest.raises(ValueError, match="stage"):
-        LossWeights.for_stage(4)

@@ -19,7 +19,7 @@ class LossWeights:
     """Weight of each loss component in the training objective (all >= 0).
 
     The detection gains default to ultralytics' YOLOv8 values (box 7.5, dfl 1.5, cls 0.5); the embedding
-    losses default to 0 (stage 1). :meth:`for_stage` gives the weights of each training stage.
+    losses default to 0; :mod:`refdet_edge.training.stages` sets them per training stage.
     """
 
     box: float = 7.5
@@ -34,21 +34,6 @@ class LossWeights:
             value = getattr(self, f.name)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"loss weight {f.name!r} must be a number >= 0, got {value!r}")
-
-    @classmethod
-    def for_stage(cls, stage: int, triplet_weight: float = 0.5) -> LossWeights:
-        """Weights of training stage 1 (base), 2 (meta) or 3 (fine-tune), as in DESIGN.md's stage table.
-
-        Stage 1 trains detection only; stage 2 adds SupCon and CPE (weight 1 each); stage 3 keeps those and
-        adds the triplet loss with ``triplet_weight`` (the design's ``--triplet-weight``, 0.5 by default).
-        """
-        if stage == 1:
-            return cls()
-        if stage == 2:
-            return cls(supcon=1.0, cpe=1.0)
-        if stage == 3:
-            return cls(supcon=1.0, cpe=1.0, triplet=triplet_weight)
-        raise ValueError(f"unknown training stage {stage!r}: expected 1, 2 or 3")
 
     def as_dict(self) -> dict[str, float]:
         """The weights as a plain dict keyed by component name."""

@@ -1,0 +1,85 @@
+"""``refdet train``: one stage of the staged training, configured by flags over an optional YAML file."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from refdet_edge.training.config import NEGATIVE_STRATEGIES, ConfigError, load_config
+
+EPILOG = """Examples:
+
+\b
+  # the demo: synthetic data (generated on first use), three stages
+  refdet train --stage 1 --epochs 3 --out runs/s1
+  refdet train --stage 2 --weights runs/s1/best.pt --out runs/s2
+  refdet train --stage 3 --use-triplet --triplet-ratio 0.5 --triplet-weight 0.5 \\
+      --weights runs/s2/best.pt --out runs/s3
+\b
+  # continue an interrupted run exactly where its last checkpoint left it
+  refdet train --stage 3 --use-triplet --resume runs/s3/last.pt --out runs/s3
+\b
+  # two processes (GPUs, or CPU with gloo)
+  torchrun --nproc_per_node 2 -m refdet_edge.cli train --data D --stage 1
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML file of options; flags override it.",
+)
+@click.option("--data", help="Dataset root (DESIGN.md layout). Default: the synthetic demo set.")
+@click.option("--stage", type=click.IntRange(1, 3), help="1 base, 2 meta, 3 fine-tune.  [default: 1]")
+@click.option(
+    "--use-triplet/--no-triplet", default=None, help="Mix triplet batches into training (stage 2+)."
+)
+@click.option("--triplet-ratio", type=float, help="Share of triplet items in mixed batches.  [default: 0.3]")
+@click.option(
+    "--negative-strategy", type=click.Choice(NEGATIVE_STRATEGIES), help="Triplet negatives.  [default: mixed]"
+)
+@click.option("--samples-per-class", type=int, help="Triplets per target per epoch.  [default: 100]")
+@click.option("--triplet-weight", type=float, help="Weight of the triplet loss.  [default: 0.5]")
+@click.option("--epochs", type=int, help="Epochs.  [default: the stage's: 100, 100, 50]")
+@click.option("--batch-size", type=int, help="Episodes per step.  [default: 2]")
+@click.option("--n-way", type=int, help="Targets per episode.  [default: 2]")
+@click.option("--k-shot", type=int, help="Reference photos per target.  [default: 3]")
+@click.option("--n-query", type=int, help="Query frames per target per episode.  [default: 4]")
+@click.option(
+    "--episodes-per-epoch", type=int, help="Episodes per epoch.  [default: every training frame about once]"
+)
+@click.option("--imgsz", type=int, help="Query frame size, a multiple of 32.  [default: 640]")
+@click.option("--support-size", type=int, help="Reference size, a multiple of 14.  [default: 224]")
+@click.option("--lr", type=float, help="Base learning rate.  [default: the stage's: 1e-3, 5e-4, 1e-4]")
+@click.option("--device", help="auto, cpu, cuda, cuda:1.  [default: auto]")
+@click.option("--workers", type=int, help="DataLoader worker processes.  [default: 2]")
+@click.option(
+    "--yolo-weights", type=click.Path(dir_okay=False), help="ultralytics YOLOv8n .pt to start from."
+)
+@click.option(
+    "--dinov2-weights",
+    type=click.Path(dir_okay=False),
+    help="DINOv2 ViT-S/14 state dict (.pth/.safetensors).",
+)
+@click.option(
+    "--weights", type=click.Path(dir_okay=False), help="Checkpoint of a previous stage to start from."
+)
+@click.option("--resume", type=click.Path(dir_okay=False), help="last.pt of an interrupted run to continue.")
+@click.option("--out", help="Output folder.  [default: runs/train]")
+@click.option("--seed", type=int, help="Random seed.  [default: 0]")
+def train(config_path: str | None, **flags) -> None:
+    """Train one stage; writes last.pt, best.pt, results.csv, plots and the resolved config.yaml to --out."""
+    from refdet_edge.data.annotations import DatasetError
+    from refdet_edge.models import WeightsError
+    from refdet_edge.training.trainer import Trainer, TrainingError
+
+    try:
+        config = load_config(config_path, **{k.replace("-", "_"): v for k, v in flags.items()})
+        result = Trainer(config).fit()
+    except (ConfigError, DatasetError, WeightsError, TrainingError) as err:
+        raise click.ClickException(str(err)) from None
+    if result:
+        click.echo(json.dumps(result, indent=2, default=float))

@@ -1,0 +1,65 @@
+"""The training data of one epoch: episodic detection, or detection mixed with triplets, as a DataLoader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from refdet_edge.data.collate import MixedCollator, RefDetCollator
+from refdet_edge.data.dataset import DroneDataset
+from refdet_edge.data.episodes import EpisodicDataset
+from refdet_edge.data.mixed import MixedDataset
+from refdet_edge.data.synth import generate_synthetic
+from refdet_edge.data.triplet import TripletDataset
+from refdet_edge.training.config import TrainConfig
+
+DEMO_DATA_DIR = Path("demo_data")
+
+
+def ensure_demo_data(root: Path = DEMO_DATA_DIR) -> Path:
+    """The synthetic demo dataset (seed 0, default size), generated the first time it is asked for."""
+    if not (root / "annotations" / "annotations.json").is_file():
+        generate_synthetic(root, seed=0)
+    return root
+
+
+def build_train_loader(
+    cfg: TrainConfig, dataset: DroneDataset, epoch: int, world_size: int = 1, rank: int = 0
+) -> DataLoader:
+    """Loader of epoch ``epoch``. Every random choice (episode content, batch kind, order) is a function of
+    ``(seed, epoch, index)``, so a resumed run sees exactly the batches an uninterrupted run would."""
+    episodic = EpisodicDataset(
+        dataset,
+        cfg.n_way,
+        cfg.k_shot,
+        cfg.n_query,
+        cfg.imgsz,
+        cfg.support_size,
+        episodes=cfg.episodes_per_epoch,
+        seed=cfg.seed,
+    )
+    if cfg.use_triplet:
+        triplet = TripletDataset(
+            dataset, cfg.samples_per_class, cfg.negative_strategy, cfg.support_size, seed=cfg.seed
+        )
+        data = MixedDataset(episodic, triplet, 1.0 - cfg.triplet_ratio, seed=cfg.seed)
+        collate = MixedCollator()
+    else:
+        data = episodic
+        collate = RefDetCollator()
+    data.set_epoch(epoch)
+    sampler = None
+    if world_size > 1:
+        sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    return DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+        num_workers=cfg.workers,
+        collate_fn=collate,
+    )

@@ -1,0 +1,344 @@
+"""The trainer: staged training with detection, triplet and mixed batches, checkpoints, resume, validation.
+
+One step = one batch from the loader -> :class:`LossComputer` (one model pass per batch kind) -> the weighted
+sum of the stage's loss components -> one backward. Around it: AdamW with linear warm-up and cosine decay,
+gradient accumulation and clipping, AMP on CUDA, EMA weights (ultralytics ``ModelEMA``), a guard that skips
+non-finite steps and stops after too many, per-module gradient norms, and DistributedDataParallel when
+started by ``torchrun``. After every epoch the EMA model is validated on the validation split; ``last.pt``
+and ``best.pt`` (chosen on validation, never on test) are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from ultralytics.utils.torch_utils import ModelEMA
+
+from refdet_edge.data.dataset import DroneDataset
+from refdet_edge.evaluation.validator import Validator, ValidatorConfig
+from refdet_edge.losses import combine
+from refdet_edge.models import ModelConfig, RefDetModel, atomic_save, checkpoint_payload, create_model
+from refdet_edge.models.checkpoint import read_checkpoint
+from refdet_edge.training.config import ConfigError, TrainConfig, save_config
+from refdet_edge.training.loaders import build_train_loader, ensure_demo_data
+from refdet_edge.training.plots import plot_training
+from refdet_edge.training.prepare import LossComputer
+from refdet_edge.training.stages import stage_spec
+
+GRAD_GROUPS = ("support", "projector", "backbone", "fusion", "head")
+METRIC_KEYS = ("map50", "map50_95", "precision", "recall", "f1", "fp_per_background_frame", "st_iou")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (too many non-finite losses, diverging replicas); the message says why."""
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every global random generator's state, in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": pos,
+        "has_gauss": has_gauss,
+        "gauss": gauss,
+    }
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def grad_norms(model: RefDetModel) -> dict[str, float]:
+    """L2 norm of the gradient of each module group (0.0 for a group that received none)."""
+    norms = {}
+    for group in GRAD_GROUPS:
+        grads = [p.grad.detach().norm() for p in getattr(model, group).parameters() if p.grad is not None]
+        norms[group] = float(torch.stack(grads).norm()) if grads else 0.0
+    return norms
+
+
+def lr_factor(step: int, warmup: int, total: int, final: float = 0.01) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``final`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Trains one stage as configured by a :class:`TrainConfig` (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.cfg = config
+        self.spec = stage_spec(config.stage)
+        self.epochs = config.epochs or self.spec.epochs
+        self.lr = config.lr or self.spec.lr
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = select_device(config.device)
+        if self.world_size > 1:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.main = self.rank == 0
+        self.out = Path(config.out)
+        seed_everything(config.seed)
+
+        resume_ckpt = read_checkpoint(config.resume) if config.resume else None
+        self.model = self._build_model(resume_ckpt).to(self.device)
+        groups = self.spec.apply(self.model)
+        self.weights = self.spec.loss_weights(config.triplet_weight if config.use_triplet else 0.0)
+        self.computer = LossComputer(self.model, self.weights, config.triplet_margin).to(self.device)
+        self.step_module = (
+            DistributedDataParallel(self.computer, find_unused_parameters=True)
+            if self.world_size > 1
+            else self.computer
+        )
+        param_groups = [{"params": groups["main"], "lr": self.lr, "base_lr": self.lr}]
+        if groups["support"]:
+            support_lr = self.lr * self.spec.support_lr_scale
+            param_groups.append({"params": groups["support"], "lr": support_lr, "base_lr": support_lr})
+        self.optimizer = torch.optim.AdamW(param_groups, lr=self.lr, weight_decay=config.weight_decay)
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema = ModelEMA(self.model, decay=config.ema_decay, tau=config.ema_tau)
+
+        self.train_data = DroneDataset(self._data_root(), "train", cache_size=config.imgsz)
+        self.val_data = DroneDataset(self._data_root(), "val", cache_size=config.imgsz)
+        self.validator = Validator(self.val_data, ValidatorConfig(batch_size=config.val_batch_size))
+        self.steps_per_epoch = len(build_train_loader(config, self.train_data, 0, self.world_size, self.rank))
+        self.total_steps = self.epochs * max(1, self.steps_per_epoch // config.grad_accum)
+
+        self.start_epoch = 0
+        self.step = 0
+        self.bad_steps = 0
+        self.best_fitness = -math.inf
+        self.history: list[dict] = []
+        self.grad_log: list[dict] = []
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+
+    def _data_root(self) -> Path:
+        return Path(self.cfg.data) if self.cfg.data is not None else ensure_demo_data()
+
+    def _build_model(self, resume_ckpt: dict | None) -> RefDetModel:
+        cfg = self.cfg
+        if resume_ckpt is not None:
+            model = RefDetModel(ModelConfig(**resume_ckpt["config"]))
+            model.load_state_dict(resume_ckpt["train_state"]["model"])
+            return model
+        if cfg.weights is not None:
+            ckpt = read_checkpoint(cfg.weights)
+            arch = ModelConfig(**{**ckpt["config"], "imgsz": cfg.imgsz})
+            if arch.support_size != cfg.support_size:
+                raise ConfigError(
+                    f"{cfg.weights}: field 'config.support_size' is {arch.support_size}, "
+                    f"but --support-size is {cfg.support_size}"
+                )
+            model = RefDetModel(arch)
+            model.load_state_dict(ckpt["model"])
+            return model
+        return create_model(
+            ModelConfig(imgsz=cfg.imgsz, support_size=cfg.support_size), cfg.yolo_weights, cfg.dinov2_weights
+        )
+
+    def _restore(self, ckpt: dict) -> None:
+        state = ckpt["train_state"]
+        if state["stage"] != self.cfg.stage:
+            raise ConfigError(
+                f"{self.cfg.resume}: stage {state['stage']} checkpoint, but --stage {self.cfg.stage}"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.ema.ema.load_state_dict(ckpt["model"])
+        self.ema.updates = state["ema_updates"]
+        self.computer.detection_loss.load_state_dict(state["detection_loss"])
+        self.start_epoch = state["epoch"] + 1
+        self.step = state["step"]
+        self.bad_steps = state["bad_steps"]
+        self.best_fitness = state["best_fitness"]
+        self.history = state["history"]
+        self.grad_log = state["grad_log"]
+        set_rng_state(state["rng"])
+
+    def _save(self, epoch: int, fitness: float) -> None:
+        train_state = {
+            "stage": self.cfg.stage,
+            "epoch": epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema_updates": self.ema.updates,
+            "detection_loss": self.computer.detection_loss.state_dict(),
+            "bad_steps": self.bad_steps,
+            "best_fitness": max(self.best_fitness, fitness),
+            "history": self.history,
+            "grad_log": self.grad_log,
+            "rng": rng_state(),
+        }
+        payload = checkpoint_payload(self.ema.ema, train_state=train_state, train_config=self.cfg.to_dict())
+        atomic_save(payload, self.out / "last.pt")
+        if fitness > self.best_fitness:
+            self.best_fitness = fitness
+            best = checkpoint_payload(
+                self.ema.ema, epoch=epoch, metrics=self.history[-1], train_config=self.cfg.to_dict()
+            )
+            atomic_save(best, self.out / "best.pt")
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.step, self.cfg.warmup_steps, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def _to_device(self, batch):
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        if self.main and self.step % self.cfg.log_every == 0:
+            self.grad_log.append({"step": self.step, **grad_norms(self.model)})
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip
+        )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.step += 1
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training loader; returns the mean of each loss component (over the steps that
+        had it: a triplet term exists only in batches that drew triplets) and of the weighted total."""
+        loader = build_train_loader(self.cfg, self.train_data, epoch, self.world_size, self.rank)
+        self.computer.train()
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        bar = tqdm(
+            loader,
+            desc=f"stage {self.cfg.stage} epoch {epoch + 1}/{self.epochs}",
+            disable=not self.main,
+            leave=False,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(bar):
+            self._set_lr()
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                terms = self.step_module(self._to_device(batch))
+            total = combine(terms, self.weights)
+            if not torch.isfinite(total):
+                self.bad_steps += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.bad_steps > self.cfg.max_bad_steps:
+                    raise TrainingError(
+                        f"{self.bad_steps} steps with a non-finite loss (last: "
+                        f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or check the data"
+                    )
+                continue
+            self.scaler.scale(total / self.cfg.grad_accum).backward()
+            if (i + 1) % self.cfg.grad_accum == 0:
+                self._optimizer_step()
+            for name, value in (*terms.items(), ("total", total)):
+                sums[name] += float(value.detach())
+                counts[name] += 1
+            bar.set_postfix(
+                loss=f"{sums['total'] / counts['total']:.3f}",
+                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+            )
+        return {name: value / counts[name] for name, value in sums.items()}
+
+    def validate(self) -> dict:
+        metrics, _ = self.validator(self.ema.ema)
+        return metrics
+
+    def fit(self) -> dict:
+        """Train every remaining epoch; returns the last epoch's row of ``results.csv``."""
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".*.pt.*.tmp"):  # left by a run killed while it wrote a checkpoint
+                stale.unlink()
+            save_config(self.cfg, self.out / "config.yaml")
+        for epoch in range(self.start_epoch, self.epochs):
+            start = time.perf_counter()
+            losses = self.train_epoch(epoch)
+            if self.world_size > 1:
+                self._check_replicas()
+            if not self.main:
+                continue
+            metrics = self.validate()
+            row = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update({f"loss/{k}": v for k, v in losses.items()})
+            row.update({f"val/{k}": metrics["raw"]["overall"][k] for k in METRIC_KEYS})
+            row["val/st_iou_temporal"] = metrics["temporal"]["overall"]["st_iou"]
+            row["bad_steps"] = self.bad_steps
+            row["epoch_seconds"] = time.perf_counter() - start
+            self.history.append(row)
+            self._save(epoch, row["val/map50"] or 0.0)
+            self._write_results()
+        if self.world_size > 1:
+            dist.barrier()
+        return self.history[-1] if self.history else {}
+
+    def _write_results(self) -> None:
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        with open(self.out / "results.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        plot_training(self.history, self.grad_log, self.out)
+
+    def _check_replicas(self) -> None:
+        """Every process must hold the same weights after an epoch; a mismatch stops the run."""
+        digest = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(digest) for _ in range(self.world_size)]
+        dist.all_gather(gathered, digest)
+        values = [float(g) for g in gathered]
+        if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+            raise TrainingError(f"replicas diverged: weight checksums {values}")

@@ -1,0 +1,126 @@
+"""Training steps on hand-made batches: what each stage freezes, where gradients go, how terms combine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refdet_edge.losses import combine
+from refdet_edge.models import create_model
+from refdet_edge.training.prepare import LossComputer, query_class_index
+from refdet_edge.training.stages import STAGES, stage_spec
+from refdet_edge.training.trainer import grad_norms, lr_factor
+
+IMGSZ, SUPPORT = 64, 28
+
+
+def detection_batch(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "batch_type": "detection",
+        "query_images": torch.rand(3, 3, IMGSZ, IMGSZ, generator=g),
+        "support_images": torch.rand(2, 2, 3, SUPPORT, SUPPORT, generator=g),
+        "targets": torch.tensor([[0, 0, 10, 12, 30, 40], [1, 1, 30, 30, 50, 60.0]]),
+        "support_labels": torch.tensor([4, 7]),
+        "query_labels": torch.tensor([4, 7, -1]),
+        "is_background": torch.tensor([False, False, True]),
+    }
+
+
+def triplet_batch(seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "batch_type": "triplet",
+        "anchor_images": torch.rand(4, 3, SUPPORT, SUPPORT, generator=g),
+        "positive_images": torch.rand(4, 3, 32, 32, generator=g),
+        "negative_images": torch.rand(4, 3, 32, 32, generator=g),
+        "anchor_labels": torch.tensor([4, 4, 7, 7]),
+        "positive_labels": torch.tensor([4, 4, 7, 7]),
+        "negative_labels": torch.tensor([-1, 7, -1, 4]),
+    }
+
+
+def make(stage: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = create_model(imgsz=IMGSZ, support_size=SUPPORT).train()
+    groups = stage_spec(stage).apply(model)
+    computer = LossComputer(model, stage_spec(stage).loss_weights(0.5))
+    return model, groups, computer
+
+
+def test_query_class_index_marks_absent_targets():
+    idx = query_class_index(torch.tensor([7, 4, -1, 9]), torch.tensor([4, 7]))
+    assert idx.tolist() == [1, 0, -1, -1]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_step_changes_trainable_and_keeps_frozen_parameters(stage):
+    model, groups, computer = make(stage)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimizer = torch.optim.AdamW([*groups["main"], *groups["support"]], lr=1e-3)
+    batch = {"batch_type": "mixed", "detection": detection_batch(), "triplet": triplet_batch()}
+    combine(computer(batch), computer.weights).backward()
+    optimizer.step()
+    trainable = {id(p) for p in (*groups["main"], *groups["support"])}
+    changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())}
+    frozen = {name for name, p in model.named_parameters() if id(p) not in trainable}
+    assert not changed & frozen, sorted(changed & frozen)[:5]
+    for module in stage_spec(stage).modules:
+        assert any(n.startswith(module + ".") for n in changed), module
+    support_changed = any(n.startswith("support.") for n in changed)
+    assert support_changed == (stage_spec(stage).support_blocks > 0)
+    assert ("projector.levels.0.1.weight" in changed) == (stage >= 2)
+
+
+def test_triplet_only_step_sends_gradient_into_support_encoder():
+    model, _, computer = make(3)
+    terms = computer(triplet_batch())
+    assert set(terms) == {"triplet"} and terms["triplet"] > 0
+    terms["triplet"].backward()
+    norms = grad_norms(model)
+    assert norms["support"] > 0 and norms["backbone"] > 0 and norms["projector"] > 0
+    assert norms["head"] == 0.0 and norms["fusion"] == 0.0
+
+
+def test_mixed_step_loss_is_weighted_sum_of_its_parts():
+    _, _, computer = make(3)
+    computer.eval()
+    det, trip = detection_batch(), triplet_batch()
+    with torch.no_grad():
+        mixed = computer({"batch_type": "mixed", "detection": det, "triplet": trip})
+        parts = {**computer(det), **computer(trip)}
+    assert set(mixed) == {"box", "dfl", "cls", "cpe", "supcon", "triplet"}
+    for name, value in parts.items():
+        torch.testing.assert_close(mixed[name], value)
+    weights = stage_spec(3).loss_weights(0.5)
+    expected = sum(getattr(weights, name) * float(value) for name, value in parts.items())
+    assert float(combine(mixed, weights)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_stage_one_uses_detection_terms_only():
+    _, _, computer = make(1)
+    assert set(computer(detection_batch())) == {"box", "dfl", "cls"}
+
+
+def test_unknown_batch_type_fails_loudly():
+    _, _, computer = make(1)
+    with pytest.raises(ValueError, match="unknown batch_type 'episode'"):
+        computer({"batch_type": "episode"})
+
+
+def test_learning_rate_warms_up_then_decays():
+    factors = [lr_factor(s, warmup=10, total=100) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] == pytest.approx(0.01, abs=0.01)
+
+
+def test_stage_loss_weights():
+    stage_1, stage_2, stage_3 = (stage_spec(s).loss_weights(0.2) for s in (1, 2, 3))
+    assert (stage_1.box, stage_1.dfl, stage_1.cls) == (7.5, 1.5, 0.5)
+    assert stage_1.supcon == stage_1.cpe == stage_1.triplet == 0.0
+    assert stage_2.supcon > 0 and stage_2.cpe > 0 and stage_2.triplet == 0.2
+    assert stage_3.triplet == 0.2 and stage_spec(3).loss_weights(0.0).triplet == 0.0
+    assert stage_spec(3).lr < stage_spec(2).lr
+    with pytest.raises(ValueError, match="stage"):
+        stage_spec(4)
