@@ -1,0 +1,131 @@
+"""``refdet bench``: the side-by-side pairs of :mod:`refdet_edge.benchmark` as one table and a JSON file."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+import torch
+
+from refdet_edge.benchmark import (
+    PAIRS,
+    BenchSettings,
+    environment,
+    format_table,
+    results_json,
+    run_pairs,
+    write_json,
+)
+
+
+@click.command(
+    epilog=(
+        "Example:\n\n\b\n"
+        "  refdet bench --imgsz 640 --support-size 224 --json bench_cpu.json\n"
+        "  refdet bench --device cuda --backend trt --json bench_gpu.json\n"
+        "  refdet bench --imgsz 320 --repeats 5 --pair detection_vs_yolov8n --pair features_vs_plain"
+    )
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "onnx", "trt"]),
+    default="torch",
+    show_default=True,
+    help="Runtime of the end-to-end pair (predict_vs_model). The ONNX pair always runs in ONNX Runtime.",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda or cuda:N; auto: CUDA if available."
+)
+@click.option("--imgsz", default=640, show_default=True, help="Query frame size (multiple of 32).")
+@click.option("--support-size", default=224, show_default=True, help="Reference image size (multiple of 14).")
+@click.option(
+    "--repeats",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Timed calls per side, interleaved (training steps: at most 5).",
+)
+@click.option(
+    "--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls per side."
+)
+@click.option(
+    "--pair",
+    "pairs",
+    multiple=True,
+    type=click.Choice(list(PAIRS)),
+    help="Measure only this pair (repeatable); default: every pair this machine can run.",
+)
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory runs (one fresh process per side).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the ONNX exports and the test video, kept for later runs (default: a temporary one).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the figures as JSON, each pair under its key.",
+)
+def bench(
+    backend: str,
+    device: str,
+    imgsz: int,
+    support_size: int,
+    repeats: int,
+    warmup: int,
+    pairs: tuple[str, ...],
+    no_memory: bool,
+    workdir: Path | None,
+    json_out: Path | None,
+) -> None:
+    """What the reference branch, feature extraction, triplet training and the predict pipeline cost.
+
+    Each pair is measured side by side in one process at the same input size (median latency, interleaved
+    calls), and each side's peak memory in a fresh process of its own; ratios are candidate / baseline,
+    checked against the targets of issue 7. Pairs this machine cannot run (no CUDA, no TensorRT, no
+    onnxruntime) are listed as skipped.
+    """
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise click.BadParameter(str(err), param_hint="--device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(
+            f"{device!r} asked for, but no CUDA GPU is visible to torch", param_hint="--device"
+        )
+    with tempfile.TemporaryDirectory(prefix="refdet_bench_") as tmp:
+        try:
+            settings = BenchSettings(
+                workdir=str(workdir or tmp),
+                imgsz=imgsz,
+                support_size=support_size,
+                device=device,
+                backend=backend,
+                repeats=repeats,
+                warmup=warmup,
+            )
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+        env = environment(settings)
+        click.echo(
+            f"refdet bench: {env['gpu'] or env['cpu']} ({env['device']}, {env['torch_threads']} torch threads), "
+            f"imgsz {imgsz}, support {support_size}, backend {backend}, {repeats} repeats",
+            err=True,
+        )
+        results = run_pairs(
+            settings,
+            list(pairs) or None,
+            memory=not no_memory,
+            progress=lambda key: click.echo(f"  measuring {key} ...", err=True),
+        )
+    click.echo(format_table(results))
+    if not no_memory:
+        click.echo(f"memory: {env['memory']}")
+    if json_out is not None:
+        write_json(json_out, results_json(results, settings))
+        click.echo(f"wrote {json_out}")
