@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from refdet_edge import __version__
+from refdet_edge.bench_commands import bench
 from refdet_edge.data.commands import data
+from refdet_edge.evaluation.commands import eval_command, predict
 from refdet_edge.export.commands import export
 from refdet_edge.training.commands import train
 
@@ -56,6 +58,9 @@ def info(imgsz: int, support_size: int, num_refs: int, as_json: bool) -> None:
 cli.add_command(data)
 cli.add_command(train)
 cli.add_command(export)
+cli.add_command(eval_command)
+cli.add_command(predict)
+cli.add_command(bench)
 
 
 if __name__ == "__main__":
