@@ -71,6 +71,7 @@ def test_stage_run_writes_every_output(tiny_data, tmp_path):
     row = trainer.fit()
     assert trainer.weights.triplet == 0.5
     assert row["epoch"] == 2 and row["loss/cpe"] > 0
+    assert [r["epoch"] for r in trainer.history] == [0, 1, 2] and "loss/cls" not in trainer.history[0]
     assert any("loss/triplet" in r for r in trainer.history)
     for name in (
         "last.pt",
@@ -128,7 +129,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_data, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     got = read_checkpoint(out / "last.pt")["train_state"]["history"]
     expected = read_checkpoint(tmp_path / "straight" / "last.pt")["train_state"]["history"]
-    assert len(got) == len(expected) == 4
+    assert len(got) == len(expected) == 5  # epoch 0 (starting weights) and 4 epochs
     for row, reference in zip(got, expected, strict=True):
         assert numbers(row) == pytest.approx(numbers(reference), rel=1e-6)
     final, reference = (

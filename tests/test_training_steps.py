@@ -124,3 +124,25 @@ def test_stage_loss_weights():
     assert stage_spec(3).lr < stage_spec(2).lr
     with pytest.raises(ValueError, match="stage"):
         stage_spec(4)
+
+
+def test_training_crops_keep_the_target_at_frame_scale(tmp_path):
+    from refdet_edge.data.dataset import DroneDataset
+    from refdet_edge.data.episodes import EpisodicDataset
+    from refdet_edge.data.synth import generate_synthetic
+
+    root = generate_synthetic(tmp_path / "synth", videos=2, frames=20, seed=1, workers=1)
+    data = DroneDataset(root, "train", cache_size=320)
+    full = EpisodicDataset(data, n_way=1, n_query=6, imgsz=320, support_size=56, augment=False, seed=4)
+    cropped = EpisodicDataset(
+        data, n_way=1, n_query=6, imgsz=320, support_size=56, augment=False, seed=4, crop=96
+    )
+    a, b = full[0], cropped[0]
+    assert b["query_images"].shape == (6, 3, 96, 96)
+    assert torch.equal(a["query_labels"], b["query_labels"])
+    for box_full, box_crop, label in zip(a["query_boxes"], b["query_boxes"], a["query_labels"], strict=True):
+        if label >= 0:
+            size_full = box_full[2:] - box_full[:2]
+            size_crop = box_crop[2:] - box_crop[:2]
+            torch.testing.assert_close(size_crop, size_full)
+            assert (box_crop >= 0).all() and (box_crop <= 96).all()

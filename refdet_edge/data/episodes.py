@@ -9,7 +9,9 @@ with replacement when a target has fewer than K). Its Q queries are:
   "nothing here", since its object has no reference in the episode.
 
 Query frames come from the resized frame cache, are augmented (:class:`~refdet_edge.data.augment.Augmenter`)
-and letterboxed to ``imgsz`` with :func:`refdet_edge.preprocess.letterbox`; references are augmented and
+and letterboxed to ``imgsz`` with :func:`refdet_edge.preprocess.letterbox` (or, with ``crop``, cut to a
+``crop`` x ``crop`` window at the same scale: small targets keep their size while a training step costs a
+fraction of a full frame); references are augmented and
 letterboxed to ``support_size``; both become float [0, 1] tensors with :func:`refdet_edge.preprocess.to_tensor`.
 Every draw comes from ``numpy.random.default_rng([seed, epoch, index])``, so an item is the same in any worker;
 call :meth:`set_epoch` before each epoch for new episodes (with non-persistent DataLoader workers).
@@ -24,12 +26,24 @@ import torch
 
 from refdet_edge.data.augment import Augmenter
 from refdet_edge.data.dataset import DroneDataset, VideoRecord, read_reference
-from refdet_edge.preprocess import letterbox, to_tensor
+from refdet_edge.preprocess import PAD_VALUE, letterbox, to_tensor
 
 
 def sample_seed(rng: np.random.Generator) -> int:
     """A seed for one augmentation call, drawn from the item's generator."""
     return int(rng.integers(2**31))
+
+
+def crop_square(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
+    """A ``side`` x ``side`` crop centred on (cx, cy); parts outside the image are grey (PAD_VALUE)."""
+    h, w = image.shape[:2]
+    side = max(1, round(side))
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    out = np.full((side, side, 3), PAD_VALUE, np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
 
 
 class ReferenceSampler:
@@ -76,6 +90,7 @@ class EpisodicDataset(torch.utils.data.Dataset):
         episodes: int | None = None,
         augment: bool = True,
         seed: int = 0,
+        crop: int | None = None,
     ):
         if n_way < 1 or k_shot < 1 or n_query < 1:
             raise ValueError(f"need n_way, k_shot, n_query >= 1, got {n_way}, {k_shot}, {n_query}")
@@ -96,6 +111,7 @@ class EpisodicDataset(torch.utils.data.Dataset):
         self.augment = Augmenter() if augment else None
         self.references = ReferenceSampler(support_size, self.augment)
         self.seed, self.epoch = seed, 0
+        self.crop = crop
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -111,9 +127,29 @@ class EpisodicDataset(torch.utils.data.Dataset):
         boxes = np.zeros((0, 4), np.float32) if box is None else box[None]
         if self.augment is not None:
             image, boxes = self.augment(image, boxes, sample_seed(rng))
-        boxed, info = letterbox(image, self.imgsz)
+        window_rng = np.random.default_rng(sample_seed(rng))  # drawn with or without crop: same episodes
+        if self.crop is not None:
+            image, boxes = self.window(image, boxes, window_rng)
+        boxed, info = letterbox(image, self.crop or self.imgsz)
         out = info.to_input(boxes.astype(np.float32)) if len(boxes) else np.zeros((1, 4), np.float32)
         return to_tensor(boxed), out[0]
+
+    def window(
+        self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A ``crop`` x ``crop`` window of the frame, at the frame's scale: anywhere on a frame without a box,
+        else placed at random so that it holds the box (as much of it as fits)."""
+        h, w = image.shape[:2]
+        c = self.crop
+        if len(boxes):
+            x1, y1, x2, y2 = boxes[0]
+            x0 = rng.uniform(min(x2 - c, x1), max(x2 - c, x1))
+            y0 = rng.uniform(min(y2 - c, y1), max(y2 - c, y1))
+        else:
+            x0, y0 = rng.uniform(0, max(w - c, 0)), rng.uniform(0, max(h - c, 0))
+        x0, y0 = int(x0), int(y0)
+        shifted = np.clip(boxes - np.array([x0, y0, x0, y0], np.float32), 0, c)
+        return crop_square(image, x0 + c / 2, y0 + c / 2, c), shifted
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])

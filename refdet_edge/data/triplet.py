@@ -17,22 +17,10 @@ import torch
 
 from refdet_edge.data.augment import Augmenter
 from refdet_edge.data.dataset import DroneDataset, VideoRecord
-from refdet_edge.data.episodes import ReferenceSampler, sample_seed
-from refdet_edge.preprocess import PAD_VALUE, letterbox, to_tensor
+from refdet_edge.data.episodes import ReferenceSampler, crop_square, sample_seed
+from refdet_edge.preprocess import letterbox, to_tensor
 
 NEGATIVE_STRATEGIES = ("background", "cross_class", "mixed")
-
-
-def crop_square(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
-    """A ``side`` x ``side`` crop centred on (cx, cy); parts outside the image are grey (PAD_VALUE)."""
-    h, w = image.shape[:2]
-    side = max(1, round(side))
-    x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    out = np.full((side, side, 3), PAD_VALUE, np.uint8)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return out
 
 
 class TripletDataset(torch.utils.data.Dataset):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from refdet_edge.training.config import NEGATIVE_STRATEGIES, ConfigError, load_config
@@ -52,6 +50,9 @@ EPILOG = """Examples:
     "--episodes-per-epoch", type=int, help="Episodes per epoch.  [default: every training frame about once]"
 )
 @click.option("--imgsz", type=int, help="Query frame size, a multiple of 32.  [default: 640]")
+@click.option(
+    "--crop", type=int, help="Train on CROP x CROP windows of the imgsz frames (targets keep their size)."
+)
 @click.option("--support-size", type=int, help="Reference size, a multiple of 14.  [default: 224]")
 @click.option("--lr", type=float, help="Base learning rate.  [default: the stage's: 1e-3, 5e-4, 1e-4]")
 @click.option("--device", help="auto, cpu, cuda, cuda:1.  [default: auto]")
@@ -78,8 +79,37 @@ def train(config_path: str | None, **flags) -> None:
 
     try:
         config = load_config(config_path, **{k.replace("-", "_"): v for k, v in flags.items()})
-        result = Trainer(config).fit()
+        trainer = Trainer(config)
+        trainer.fit()
     except (ConfigError, DatasetError, WeightsError, TrainingError) as err:
         raise click.ClickException(str(err)) from None
-    if result:
-        click.echo(json.dumps(result, indent=2, default=float))
+    if trainer.main and trainer.history:
+        click.echo(summary_table(trainer.history, config.out))
+
+
+SUMMARY_ROWS = (
+    ("mAP@0.5", "val/map50"),
+    ("mAP@0.5:0.95", "val/map50_95"),
+    ("precision", "val/precision"),
+    ("recall", "val/recall"),
+    ("FP per background frame", "val/fp_per_background_frame"),
+    ("ST-IoU (raw)", "val/st_iou"),
+    ("ST-IoU (temporal)", "val/st_iou_temporal"),
+)
+
+
+def summary_table(history: list[dict], out: str) -> str:
+    """Validation figures of the starting weights (epoch 0), the best epoch (best.pt) and the last one."""
+    best = max(history, key=lambda row: row["fitness"])
+    columns = [
+        ("start (epoch 0)", history[0]),
+        (f"best (epoch {best['epoch']})", best),
+        (f"last (epoch {history[-1]['epoch']})", history[-1]),
+    ]
+    lines = [f"validation of {out}:", f"{'':<26}" + "".join(f"{title:>18}" for title, _ in columns)]
+    for label, key in SUMMARY_ROWS:
+        cells = "".join(
+            f"{'-' if row.get(key) is None else format(row[key], '.4f'):>18}" for _, row in columns
+        )
+        lines.append(f"{label:<26}{cells}")
+    return "\n".join(lines)

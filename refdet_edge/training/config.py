@@ -36,6 +36,9 @@ class TrainConfig:
     n_query: int = 4
     episodes_per_epoch: int | None = None  # None: enough episodes to show every training frame about once
     imgsz: int = 640
+    crop: int | None = (
+        None  # train on crop x crop windows of the imgsz-scaled frames (validation: whole frames)
+    )
     support_size: int = 224
     lr: float | None = None  # None: the stage's default
     weight_decay: float = 0.05
@@ -56,7 +59,6 @@ class TrainConfig:
     log_every: int = 10  # steps between gradient-norm records
     max_bad_steps: int = 20  # non-finite losses tolerated before the run stops
     val_batch_size: int = 8
-    val_max_frames: int | None = None  # per video; None: every frame of the split
 
     def __post_init__(self) -> None:
         checks = [
@@ -73,6 +75,11 @@ class TrainConfig:
                 "triplet mixing applies from stage 2 on",
             ),
             ("imgsz", self.imgsz > 0 and self.imgsz % 32 == 0, "must be a positive multiple of 32"),
+            (
+                "crop",
+                self.crop is None or (self.crop % 32 == 0 and 0 < self.crop <= self.imgsz),
+                "must be a multiple of 32 no larger than imgsz",
+            ),
             (
                 "support_size",
                 self.support_size > 0 and self.support_size % 14 == 0,

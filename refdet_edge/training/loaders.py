@@ -39,6 +39,7 @@ def build_train_loader(
         cfg.support_size,
         episodes=cfg.episodes_per_epoch,
         seed=cfg.seed,
+        crop=cfg.crop,
     )
     if cfg.use_triplet:
         triplet = TripletDataset(

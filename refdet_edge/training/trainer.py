@@ -98,6 +98,11 @@ def grad_norms(model: RefDetModel) -> dict[str, float]:
     return norms
 
 
+def fitness(row: dict) -> float:
+    """What ``best.pt`` maximises: the mean of validation mAP@0.5 and ST-IoU after temporal post-processing."""
+    return 0.5 * (row["val/map50"] or 0.0) + 0.5 * (row["val/st_iou_temporal"] or 0.0)
+
+
 def lr_factor(step: int, warmup: int, total: int, final: float = 0.01) -> float:
     """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``final`` at ``total``."""
     if step < warmup:
@@ -295,33 +300,44 @@ class Trainer:
         return {name: value / counts[name] for name, value in sums.items()}
 
     def validate(self) -> dict:
-        metrics, _ = self.validator(self.ema.ema)
+        with tqdm(total=self.val_data.num_frames, desc="validation", unit="frame", leave=False) as bar:
+            metrics, _ = self.validator(self.ema.ema, bar.update)
         return metrics
 
+    def _record(self, epoch: int, losses: dict[str, float], seconds: float) -> None:
+        """Validate the EMA model, append the epoch's row, write checkpoints, results.csv and plots."""
+        metrics = self.validate()
+        row = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({f"loss/{k}": v for k, v in losses.items()})
+        row.update({f"val/{k}": metrics["raw"]["overall"][k] for k in METRIC_KEYS})
+        row["val/st_iou_temporal"] = metrics["temporal"]["overall"]["st_iou"]
+        row["fitness"] = fitness(row)
+        row["bad_steps"] = self.bad_steps
+        row["epoch_seconds"] = seconds
+        self.history.append(row)
+        self._save(epoch, row["fitness"])
+        self._write_results()
+
     def fit(self) -> dict:
-        """Train every remaining epoch; returns the last epoch's row of ``results.csv``."""
+        """Train every remaining epoch; returns the last row of ``results.csv``.
+
+        Row 0 (``epoch`` 0) scores the starting weights before any step, so every run carries its own
+        baseline and ``best.pt`` is never worse on validation than what the run started from.
+        """
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             for stale in self.out.glob(".*.pt.*.tmp"):  # left by a run killed while it wrote a checkpoint
                 stale.unlink()
             save_config(self.cfg, self.out / "config.yaml")
+            if not self.history:
+                self._record(-1, {}, 0.0)
         for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
             losses = self.train_epoch(epoch)
             if self.world_size > 1:
                 self._check_replicas()
-            if not self.main:
-                continue
-            metrics = self.validate()
-            row = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
-            row.update({f"loss/{k}": v for k, v in losses.items()})
-            row.update({f"val/{k}": metrics["raw"]["overall"][k] for k in METRIC_KEYS})
-            row["val/st_iou_temporal"] = metrics["temporal"]["overall"]["st_iou"]
-            row["bad_steps"] = self.bad_steps
-            row["epoch_seconds"] = time.perf_counter() - start
-            self.history.append(row)
-            self._save(epoch, row["val/map50"] or 0.0)
-            self._write_results()
+            if self.main:
+                self._record(epoch, losses, time.perf_counter() - start)
         if self.world_size > 1:
             dist.barrier()
         return self.history[-1] if self.history else {}
