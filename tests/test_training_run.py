@@ -198,3 +198,27 @@ def test_two_process_gloo_run_keeps_replicas_identical(tiny_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = read_checkpoint(out / "last.pt")["train_state"]
     assert state["epoch"] == 1 and state["step"] == 2 * 2
+
+
+def test_next_stage_reuses_the_validation_of_its_starting_checkpoint(tiny_data, tmp_path, monkeypatch):
+    first = Trainer(load_config(None, data=str(tiny_data), epochs=1, out=str(tmp_path / "s1"), **TINY))
+    first.fit()
+    best = max(first.history, key=lambda row: row["fitness"])
+    second = Trainer(
+        load_config(
+            None,
+            data=str(tiny_data),
+            stage=2,
+            epochs=1,
+            weights=str(tmp_path / "s1" / "best.pt"),
+            out=str(tmp_path / "s2"),
+            **TINY,
+        )
+    )
+    calls = []
+    monkeypatch.setattr(second, "validate", lambda: calls.append(1) or first.validate())
+    second.fit()
+    assert len(calls) == 1  # epoch 1 only
+    assert {k: v for k, v in second.history[0].items() if k.startswith("val/")} == {
+        k: v for k, v in best.items() if k.startswith("val/")
+    }

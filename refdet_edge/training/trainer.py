@@ -133,6 +133,7 @@ class Trainer:
         seed_everything(config.seed)
 
         resume_ckpt = read_checkpoint(config.resume) if config.resume else None
+        self.start_metrics: dict | None = None  # validation of --weights, when it was run on the same data
         self.model = self._build_model(resume_ckpt).to(self.device)
         groups = self.spec.apply(self.model)
         self.weights = self.spec.loss_weights(config.triplet_weight if config.use_triplet else 0.0)
@@ -185,6 +186,9 @@ class Trainer:
                 )
             model = RefDetModel(arch)
             model.load_state_dict(ckpt["model"])
+            previous = ckpt.get("train_config", {})
+            if "metrics" in ckpt and (previous.get("data"), previous.get("imgsz")) == (cfg.data, cfg.imgsz):
+                self.start_metrics = {k: v for k, v in ckpt["metrics"].items() if k.startswith("val/")}
             return model
         return create_model(
             ModelConfig(imgsz=cfg.imgsz, support_size=cfg.support_size), cfg.yolo_weights, cfg.dinov2_weights
@@ -304,13 +308,18 @@ class Trainer:
             metrics, _ = self.validator(self.ema.ema, bar.update)
         return metrics
 
-    def _record(self, epoch: int, losses: dict[str, float], seconds: float) -> None:
-        """Validate the EMA model, append the epoch's row, write checkpoints, results.csv and plots."""
-        metrics = self.validate()
+    def _record(
+        self, epoch: int, losses: dict[str, float], seconds: float, scores: dict | None = None
+    ) -> None:
+        """Validate the EMA model (unless ``scores`` already hold its ``val/`` figures), append the epoch's
+        row, write checkpoints, results.csv and plots."""
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({f"loss/{k}": v for k, v in losses.items()})
-        row.update({f"val/{k}": metrics["raw"]["overall"][k] for k in METRIC_KEYS})
-        row["val/st_iou_temporal"] = metrics["temporal"]["overall"]["st_iou"]
+        if scores is None:
+            metrics = self.validate()
+            scores = {f"val/{k}": metrics["raw"]["overall"][k] for k in METRIC_KEYS}
+            scores["val/st_iou_temporal"] = metrics["temporal"]["overall"]["st_iou"]
+        row.update(scores)
         row["fitness"] = fitness(row)
         row["bad_steps"] = self.bad_steps
         row["epoch_seconds"] = seconds
@@ -322,7 +331,8 @@ class Trainer:
         """Train every remaining epoch; returns the last row of ``results.csv``.
 
         Row 0 (``epoch`` 0) scores the starting weights before any step, so every run carries its own
-        baseline and ``best.pt`` is never worse on validation than what the run started from.
+        baseline and ``best.pt`` is never worse on validation than what the run started from. When
+        ``--weights`` is a ``best.pt`` validated on the same data and size, its stored figures are row 0.
         """
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -330,7 +340,7 @@ class Trainer:
                 stale.unlink()
             save_config(self.cfg, self.out / "config.yaml")
             if not self.history:
-                self._record(-1, {}, 0.0)
+                self._record(-1, {}, 0.0, self.start_metrics)
         for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
             losses = self.train_epoch(epoch)
