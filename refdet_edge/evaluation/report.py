@@ -22,7 +22,7 @@ from refdet_edge.data.dataset import DroneDataset, VideoRecord
 from refdet_edge.evaluation.metrics import evaluate
 from refdet_edge.evaluation.plots import plot_pr_curve, plot_st_iou_per_video, plot_timeline
 from refdet_edge.evaluation.temporal import ScoredBox, apply_temporal
-from refdet_edge.evaluation.validator import ScoredBoxes, ValidatorConfig, _positions
+from refdet_edge.evaluation.validator import ScoredBoxes, ValidatorConfig, positions
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.json"
@@ -47,7 +47,7 @@ def final_boxes(
     post-processing exactly as the validator scores it (on split positions) when enabled, else the
     highest-scoring detection; in both cases only boxes with ``score >= config.score_threshold``."""
     if config.temporal.enabled:
-        by_position = apply_temporal(_positions(video, raw), config.temporal, video.cached.orig_size)
+        by_position = apply_temporal(positions(video, raw), config.temporal, video.cached.orig_size)
         boxes = {video.frames[p]: box for p, box in by_position.items()}
     else:
         boxes = {f: max(dets, key=lambda d: d[4]) for f, dets in raw.items() if dets}
@@ -72,8 +72,8 @@ def score_file(
                 f"({video.cached.num_frames} frames)"
             )
     return evaluate(
-        {v.video_id: _positions(v, v.boxes) for v in dataset.videos},
-        {v.video_id: _positions(v, predictions[v.video_id]) for v in dataset.videos},
+        {v.video_id: positions(v, v.boxes) for v in dataset.videos},
+        {v.video_id: positions(v, predictions[v.video_id]) for v in dataset.videos},
         {v.video_id: len(v.frames) for v in dataset.videos},
         fps,
         score_threshold,
@@ -149,8 +149,8 @@ def write_report(
     for video in dataset.videos:
         paths.append(
             plot_timeline(
-                _positions(video, video.boxes),
-                _positions(video, final[video.video_id]),
+                positions(video, video.boxes),
+                positions(video, final[video.video_id]),
                 len(video.frames),
                 out / TIMELINES_DIR / f"{video.video_id}.png",
                 title=f"{video.video_id}: target presence, {name} ({len(video.frames)} frames of the split)",

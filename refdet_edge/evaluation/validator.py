@@ -35,6 +35,12 @@ class ValidatorConfig:
     score_threshold: float = 0.5  # operating point of precision, recall, F1 and false positives
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     fps: float = 25.0
+    frame_stride: int = 1  # score every k-th frame of the split (a faster check during training)
+
+
+def scored_frames(video: VideoRecord, stride: int = 1) -> tuple[int, ...]:
+    """The frames of ``video``'s split that are scored: every ``stride``-th one."""
+    return video.frames[::stride]
 
 
 def reference_batch(images: list[np.ndarray], support_size: int) -> torch.Tensor:
@@ -57,8 +63,9 @@ def predict_video(
     )
     out: dict[int, ScoredBoxes] = {}
     try:
-        for start in range(0, len(video.frames), config.batch_size):
-            indices = video.frames[start : start + config.batch_size]
+        frames = scored_frames(video, config.frame_stride)
+        for start in range(0, len(frames), config.batch_size):
+            indices = frames[start : start + config.batch_size]
             batch, infos = preprocess_images(
                 [dataset.load_frame(video, i)[0] for i in indices], model.config.imgsz
             )
@@ -78,9 +85,10 @@ def predict_video(
     return out
 
 
-def _positions(video: VideoRecord, by_frame: dict[int, object]) -> dict[int, object]:
-    """Re-index a split's frames 0..n-1 so that a split that is part of a video scores as a video of its own."""
-    position = {frame: i for i, frame in enumerate(video.frames)}
+def positions(video: VideoRecord, by_frame: dict[int, object], stride: int = 1) -> dict[int, object]:
+    """Re-index the scored frames 0..n-1, so that a split that is part of a video (or every k-th frame of it)
+    scores as a video of its own."""
+    position = {frame: i for i, frame in enumerate(scored_frames(video, stride))}
     return {position[f]: v for f, v in by_frame.items() if f in position}
 
 
@@ -110,14 +118,15 @@ class Validator:
         """Metrics of raw per-frame detections (original frame indices) of this split's videos."""
         cfg = self.config
         videos = {v.video_id: v for v in self.dataset.videos}
-        gt = {vid: _positions(v, v.boxes) for vid, v in videos.items()}
-        frames = {vid: len(v.frames) for vid, v in videos.items()}
-        raw_pos = {vid: _positions(videos[vid], dets) for vid, dets in raw.items()}
+        k = cfg.frame_stride
+        gt = {vid: positions(v, v.boxes, k) for vid, v in videos.items()}
+        frames = {vid: len(scored_frames(v, k)) for vid, v in videos.items()}
+        raw_pos = {vid: positions(videos[vid], dets, k) for vid, dets in raw.items()}
         smoothed = {
             vid: apply_temporal(dets, cfg.temporal, videos[vid].cached.orig_size)
             for vid, dets in raw_pos.items()
         }
         return {
-            "raw": evaluate(gt, raw_pos, frames, cfg.fps, cfg.score_threshold),
-            "temporal": evaluate(gt, smoothed, frames, cfg.fps, cfg.score_threshold),
+            "raw": evaluate(gt, raw_pos, frames, cfg.fps / k, cfg.score_threshold),
+            "temporal": evaluate(gt, smoothed, frames, cfg.fps / k, cfg.score_threshold),
         }

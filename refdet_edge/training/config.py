@@ -59,6 +59,7 @@ class TrainConfig:
     log_every: int = 10  # steps between gradient-norm records
     max_bad_steps: int = 20  # non-finite losses tolerated before the run stops
     val_batch_size: int = 8
+    val_stride: int = 1  # validate on every k-th frame of the validation split (refdet eval scores them all)
 
     def __post_init__(self) -> None:
         checks = [
@@ -86,6 +87,7 @@ class TrainConfig:
                 "must be a positive multiple of 14",
             ),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("val_stride", self.val_stride >= 1, "must be >= 1"),
             ("n_way", self.n_way >= 1, "must be >= 1"),
             ("k_shot", self.k_shot >= 1, "must be >= 1"),
             ("n_query", self.n_query >= 1, "must be >= 1"),

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ultralytics.utils.torch_utils import ModelEMA
 
 from refdet_edge.data.dataset import DroneDataset
-from refdet_edge.evaluation.validator import Validator, ValidatorConfig
+from refdet_edge.evaluation.validator import Validator, ValidatorConfig, scored_frames
 from refdet_edge.losses import combine
 from refdet_edge.models import ModelConfig, RefDetModel, atomic_save, checkpoint_payload, create_model
 from refdet_edge.models.checkpoint import read_checkpoint
@@ -154,7 +154,9 @@ class Trainer:
 
         self.train_data = DroneDataset(self._data_root(), "train", cache_size=config.imgsz)
         self.val_data = DroneDataset(self._data_root(), "val", cache_size=config.imgsz)
-        self.validator = Validator(self.val_data, ValidatorConfig(batch_size=config.val_batch_size))
+        self.validator = Validator(
+            self.val_data, ValidatorConfig(batch_size=config.val_batch_size, frame_stride=config.val_stride)
+        )
         self.steps_per_epoch = len(build_train_loader(config, self.train_data, 0, self.world_size, self.rank))
         self.total_steps = self.epochs * max(1, self.steps_per_epoch // config.grad_accum)
 
@@ -304,7 +306,8 @@ class Trainer:
         return {name: value / counts[name] for name, value in sums.items()}
 
     def validate(self) -> dict:
-        with tqdm(total=self.val_data.num_frames, desc="validation", unit="frame", leave=False) as bar:
+        total = sum(len(scored_frames(v, self.cfg.val_stride)) for v in self.val_data.videos)
+        with tqdm(total=total, desc="validation", unit="frame", leave=False) as bar:
             metrics, _ = self.validator(self.ema.ema, bar.update)
         return metrics
 
