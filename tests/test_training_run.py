@@ -222,3 +222,16 @@ def test_next_stage_reuses_the_validation_of_its_starting_checkpoint(tiny_data, 
     assert {k: v for k, v in second.history[0].items() if k.startswith("val/")} == {
         k: v for k, v in best.items() if k.startswith("val/")
     }
+
+
+def test_validation_stride_scores_every_kth_frame(tiny_data):
+    from refdet_edge.data.dataset import DroneDataset
+    from refdet_edge.evaluation.validator import Validator, ValidatorConfig
+    from refdet_edge.models import create_model
+
+    data = DroneDataset(tiny_data, "val", cache_size=64)
+    model = create_model(imgsz=64, support_size=56)
+    metrics, raw = Validator(data, ValidatorConfig(frame_stride=2))(model)
+    for video in data.videos:
+        assert sorted(raw[video.video_id]) == list(video.frames[::2])
+    assert metrics["raw"]["overall"]["frames"] == sum(len(v.frames[::2]) for v in data.videos)

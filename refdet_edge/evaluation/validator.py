@@ -63,9 +63,9 @@ def predict_video(
     )
     out: dict[int, ScoredBoxes] = {}
     try:
-        frames = scored_frames(video, config.frame_stride)
-        for start in range(0, len(frames), config.batch_size):
-            indices = frames[start : start + config.batch_size]
+        scored = scored_frames(video, config.frame_stride)
+        for start in range(0, len(scored), config.batch_size):
+            indices = scored[start : start + config.batch_size]
             batch, infos = preprocess_images(
                 [dataset.load_frame(video, i)[0] for i in indices], model.config.imgsz
             )
