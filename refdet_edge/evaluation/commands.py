@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD
 from refdet_edge.runtime import BACKENDS
 
 SPLITS = ("train", "val", "test", "all")
@@ -73,7 +74,7 @@ def _fail(err: Exception) -> click.ClickException:
 )
 @click.option(
     "--score-threshold",
-    default=0.5,
+    default=DEFAULT_SCORE_THRESHOLD,
     show_default=True,
     type=click.FloatRange(0, 1),
     help="Operating point: ST-IoU, precision, recall, false positives and the temporal tracker use it.",
@@ -302,7 +303,11 @@ def _predict_one(rt, video_id: str, source, frames, total: int, out: Path, optio
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option(
-    "--conf", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Score a detection needs."
+    "--conf",
+    default=DEFAULT_SCORE_THRESHOLD,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Score a detection needs.",
 )
 @click.option(
     "--temporal/--no-temporal",

@@ -48,7 +48,7 @@ from refdet_edge.data.annotations import (
 )
 
 DEFAULT_FPS = 25.0
-DEFAULT_SCORE_THRESHOLD = 0.5
+DEFAULT_SCORE_THRESHOLD = 0.25  # ultralytics' predict default; IoU-aware scores of small targets run low
 MATCH_IOU = 0.5
 SMALL_OBJECT_MAX_SIDE = 32.0
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from ultralytics.trackers.utils.kalman_filter import KalmanFilterXYAH
 
+from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD
+
 ScoredBox = tuple[float, float, float, float, float]
 
 
@@ -35,7 +37,7 @@ class TemporalConfig:
     """Settings of the temporal post-processing (defaults for 25 fps video)."""
 
     enabled: bool = True
-    score_threshold: float = 0.5  # detections below it neither start nor continue a track
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD  # detections below it neither start nor continue a track
     min_hits: int = 3  # consecutive matched frames before a track is reported
     max_gap: int = 5  # missed frames bridged by the filter's prediction when the track is matched again
     gate: float = 1.0  # max centre distance to the predicted box, in predicted-box diagonals

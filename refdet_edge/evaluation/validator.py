@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from refdet_edge.data.dataset import DroneDataset, VideoRecord
-from refdet_edge.evaluation.metrics import evaluate
+from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD, evaluate
 from refdet_edge.evaluation.temporal import TemporalConfig, apply_temporal
 from refdet_edge.models.refdet import RefDetModel
 from refdet_edge.postprocess import postprocess
@@ -32,7 +32,7 @@ class ValidatorConfig:
     conf: float = 0.01  # low, so that mAP sees the whole precision-recall curve
     iou: float = 0.5
     max_det: int = 10
-    score_threshold: float = 0.5  # operating point of precision, recall, F1 and false positives
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD  # operating point of precision, recall, F1, FPs
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     fps: float = 25.0
     frame_stride: int = 1  # score every k-th frame of the split (a faster check during training)
