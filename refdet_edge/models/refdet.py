@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +48,6 @@ class References:
 
     prototypes: list[torch.Tensor]
     global_embedding: torch.Tensor
-    num_targets: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.num_targets = self.global_embedding.shape[0]
 
 
 class RefDetModel(nn.Module):
@@ -82,10 +78,6 @@ class RefDetModel(nn.Module):
     @property
     def num_prototype_tokens(self) -> int:
         return self.projector.num_tokens
-
-    @property
-    def has_references(self) -> bool:
-        return self._cache is not None
 
     def _check_references(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() == 4:
