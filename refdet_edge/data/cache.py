@@ -21,6 +21,7 @@ import numpy as np
 
 from refdet_edge.data.annotations import DatasetError, where
 from refdet_edge.data.video import FolderFrames, VideoFileFrames
+from refdet_edge.preprocess import encode_jpeg
 
 CACHE_VERSION = 1
 JPEG_QUALITY = 95
@@ -111,12 +112,7 @@ class FrameCache:
             if scale < 1.0:
                 new_size = (max(1, round(orig_size[0] * scale)), max(1, round(orig_size[1] * scale)))
                 frame = cv2.resize(frame, new_size, interpolation=cv2.INTER_AREA)
-            ok, data = cv2.imencode(
-                ".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-            )
-            if not ok:
-                raise DatasetError(f"{where(folder, video_id, 'frames')}: cannot encode cached frame {index}")
-            _write_atomic(folder / f"{index:06d}.jpg", data.tobytes())
+            _write_atomic(folder / f"{index:06d}.jpg", encode_jpeg(frame, JPEG_QUALITY))
         if orig_size is None:
             raise DatasetError(f"{where(source.location, video_id, 'frames')}: no frame could be decoded")
         meta = {

@@ -25,7 +25,7 @@ import numpy as np
 
 from refdet_edge.data.annotations import Box, DatasetError, save_annotations, validate_video_id, where
 from refdet_edge.data.splits import SPLIT_NAMES, SPLITS_FILE, save_splits, temporal_splits
-from refdet_edge.preprocess import ImageReadError, read_image_rgb
+from refdet_edge.preprocess import ImageReadError, encode_jpeg, read_image_rgb
 
 GROUNDTRUTH = "groundtruth_rect.txt"
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -84,15 +84,6 @@ class Sequence:
             return read_image_rgb(self.frames[index])
         except ImageReadError as err:
             raise DatasetError(f"{where(self.frames[index], self.name, 'img')}: {err}") from None
-
-
-def _write_jpeg(path: Path, image_rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(
-        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    )
-    if not ok:
-        raise OSError(f"{path}: JPEG encoding failed")
-    path.write_bytes(data.tobytes())
 
 
 def reference_crop(image: np.ndarray, box: Box, context: float) -> np.ndarray:
@@ -234,3 +225,7 @@ def import_sot(
     save_annotations(out / "annotations" / "annotations.json", annotations)
     save_splits(out / SPLITS_FILE, splits)
     return out
+
+
+def _write_jpeg(path: Path, image_rgb: np.ndarray) -> None:
+    path.write_bytes(encode_jpeg(image_rgb, JPEG_QUALITY))

@@ -27,6 +27,7 @@ import numpy as np
 
 from refdet_edge.data.annotations import Box, save_annotations
 from refdet_edge.data.splits import SPLITS_FILE, save_splits, temporal_splits
+from refdet_edge.preprocess import encode_jpeg
 
 FRAME_SIZE = (1280, 720)
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -335,15 +336,6 @@ def render_reference(rng: np.random.Generator, sprite: np.ndarray) -> np.ndarray
     return cv2.GaussianBlur(image, (0, 0), sigma) if sigma > 0.3 else image
 
 
-def _write_jpeg(path: Path, image_rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(
-        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-    )
-    if not ok:
-        raise OSError(f"{path}: JPEG encoding failed")
-    path.write_bytes(data.tobytes())
-
-
 def _target_specs(rng: np.random.Generator, count: int) -> list[ObjectSpec]:
     """``count`` targets, no two sharing both shape and colour."""
     combos = list(itertools.product(SHAPES, COLOURS))
@@ -456,3 +448,7 @@ def generate_synthetic(
     save_annotations(out / "annotations" / "annotations.json", annotations)
     save_splits(out / SPLITS_FILE, temporal_splits({v: frames for v in annotations}, SPLIT_FRACTIONS))
     return out
+
+
+def _write_jpeg(path: Path, image_rgb: np.ndarray) -> None:
+    path.write_bytes(encode_jpeg(image_rgb, JPEG_QUALITY))
