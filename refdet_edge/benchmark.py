@@ -14,7 +14,8 @@ Pairs (stable keys; ratio = candidate / baseline):
 
 Latency: both sides are built in one process, warmed up, then timed in interleaved rounds (baseline first in
 even rounds, candidate first in odd ones), so load from other processes on the machine hits both alike; the
-median per frame (per sample for the training pair) is reported. Per-frame pairs run one frame per call.
+median per frame (per sample for the training pair) is reported, and in the JSON also the fastest call of
+each side (the least disturbed by other load). Per-frame pairs run one frame per call.
 
 Memory: each side is built and run again in a fresh spawned process that holds nothing else. On CPU the
 figure is that process's peak resident set size (``VmHWM``) minus its RSS once the libraries were imported
@@ -142,6 +143,8 @@ class PairResult:
     unit: str
     baseline_ms: float | None = None
     candidate_ms: float | None = None
+    baseline_min_ms: float | None = None
+    candidate_min_ms: float | None = None
     baseline_memory_mb: float | None = None
     candidate_memory_mb: float | None = None
     latency_target: str | None = None
@@ -169,6 +172,9 @@ class PairResult:
             "baseline_median_ms": _round(self.baseline_ms, 3),
             "candidate_median_ms": _round(self.candidate_ms, 3),
             "latency_ratio": _round(self.latency_ratio, 3),
+            "baseline_min_ms": _round(self.baseline_min_ms, 3),
+            "candidate_min_ms": _round(self.candidate_min_ms, 3),
+            "min_latency_ratio": _round(ratio(self.candidate_min_ms, self.baseline_min_ms), 3),
             "baseline_peak_memory_mb": _round(self.baseline_memory_mb, 1),
             "candidate_peak_memory_mb": _round(self.candidate_memory_mb, 1),
             "memory_ratio": _round(self.memory_ratio, 3),
@@ -311,6 +317,7 @@ def run_pair(key: str, settings: BenchSettings, memory: bool = True) -> PairResu
     result.repeats = repeats
     result.baseline_ms = statistics.median(base_times)
     result.candidate_ms = statistics.median(cand_times)
+    result.baseline_min_ms, result.candidate_min_ms = min(base_times), min(cand_times)
     if spec.latency_target:
         result.latency_met = spec.latency_target.met(result.latency_ratio)
     result.extra = spec.extra(result)
