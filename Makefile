@@ -21,11 +21,11 @@ REFDET := $(VENV)/bin/refdet
 
 demo: $(STAMP)
 	test -f demo_data/annotations/annotations.json || $(REFDET) data synth --out demo_data
-	$(REFDET) train --config configs/demo.yaml --stage 1 --epochs 4 --lr 2e-3 \
+	$(REFDET) train --config configs/demo.yaml --stage 1 --epochs 6 --lr 2e-3 \
 		$(if $(YOLO_WEIGHTS),--yolo-weights $(YOLO_WEIGHTS)) --out $(DEMO_RUNS)/stage1
 	$(REFDET) train --config configs/demo.yaml --stage 2 --epochs 2 \
 		--weights $(DEMO_RUNS)/stage1/best.pt --out $(DEMO_RUNS)/stage2
-	$(REFDET) train --config configs/demo.yaml --stage 3 --epochs 2 --use-triplet --triplet-ratio 0.5 \
+	$(REFDET) train --config configs/demo.yaml --stage 3 --epochs 3 --use-triplet --triplet-ratio 0.5 \
 		--triplet-weight 0.5 --weights $(DEMO_RUNS)/stage2/best.pt --out $(DEMO_RUNS)/stage3
 	$(REFDET) eval --weights $(DEMO_RUNS)/stage3/best.pt --data demo_data --split val --out $(DEMO_RUNS)/eval
 
