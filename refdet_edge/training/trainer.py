@@ -290,7 +290,7 @@ class Trainer:
                 if self.bad_steps > self.cfg.max_bad_steps:
                     raise TrainingError(
                         f"{self.bad_steps} steps with a non-finite loss (last: "
-                        f"{ {k: float(v) for k, v in terms.items()} }); lower --lr or check the data"
+                        f"{ {k: float(v.detach()) for k, v in terms.items()} }); lower --lr or check the data"
                     )
                 continue
             self.scaler.scale(total / self.cfg.grad_accum).backward()
