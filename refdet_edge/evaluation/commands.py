@@ -159,7 +159,7 @@ def _eval_model(
     from refdet_edge import runtime
     from refdet_edge.data.dataset import DroneDataset
     from refdet_edge.evaluation.metrics import save_predictions
-    from refdet_edge.evaluation.report import PREDICTIONS_FILE, final_boxes, write_report
+    from refdet_edge.evaluation.report import PREDICTIONS_FILE, write_report
     from refdet_edge.evaluation.temporal import TemporalConfig
     from refdet_edge.evaluation.validator import Validator, ValidatorConfig
 
@@ -175,9 +175,10 @@ def _eval_model(
         fps=settings["fps"],
     )
     with tqdm(total=dataset.num_frames, unit="frame", desc="eval", dynamic_ncols=True) as bar:
-        metrics, raw = Validator(dataset, config)(model, progress=bar.update)
+        validator = Validator(dataset, config)
+        metrics, raw = validator(model, progress=bar.update)
     stages = {"raw": metrics["raw"], **({"temporal": metrics["temporal"]} if temporal else {})}
-    final = {v.video_id: final_boxes(v, raw[v.video_id], config) for v in dataset.videos}
+    final = {v.video_id: validator.final_boxes(v, raw[v.video_id]) for v in dataset.videos}
     predictions_path = save_predictions(out / PREDICTIONS_FILE, final)
     header = {
         "data": str(data),

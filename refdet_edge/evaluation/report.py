@@ -18,11 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from refdet_edge.data.annotations import Box, DatasetError, where
-from refdet_edge.data.dataset import DroneDataset, VideoRecord
+from refdet_edge.data.dataset import DroneDataset
 from refdet_edge.evaluation.metrics import evaluate
 from refdet_edge.evaluation.plots import plot_pr_curve, plot_st_iou_per_video, plot_timeline
-from refdet_edge.evaluation.temporal import ScoredBox, apply_temporal
-from refdet_edge.evaluation.validator import ScoredBoxes, ValidatorConfig, positions
+from refdet_edge.evaluation.validator import positions
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.json"
@@ -38,20 +37,6 @@ _RATE_COLUMNS = (
     ("FP/min", "fp_per_minute", ".1f"),
     ("small R", "small_object_recall", ".3f"),
 )
-
-
-def final_boxes(
-    video: VideoRecord, raw: Mapping[int, ScoredBoxes], config: ValidatorConfig
-) -> dict[int, ScoredBox]:
-    """A model's final box per frame of ``video`` (original indices) from its raw detections: the temporal
-    post-processing exactly as the validator scores it (on split positions) when enabled, else the
-    highest-scoring detection; in both cases only boxes with ``score >= config.score_threshold``."""
-    if config.temporal.enabled:
-        by_position = apply_temporal(positions(video, raw), config.temporal, video.cached.orig_size)
-        boxes = {video.frames[p]: box for p, box in by_position.items()}
-    else:
-        boxes = {f: max(dets, key=lambda d: d[4]) for f, dets in raw.items() if dets}
-    return {f: box for f, box in sorted(boxes.items()) if box[4] >= config.score_threshold}
 
 
 def score_file(

@@ -16,7 +16,7 @@ import torch
 
 from refdet_edge.data.dataset import DroneDataset, VideoRecord
 from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD, evaluate
-from refdet_edge.evaluation.temporal import TemporalConfig, apply_temporal
+from refdet_edge.evaluation.temporal import ScoredBox, TemporalConfig, apply_temporal
 from refdet_edge.models.refdet import RefDetModel
 from refdet_edge.postprocess import postprocess
 from refdet_edge.preprocess import preprocess_images
@@ -114,19 +114,34 @@ class Validator:
             model.train(was_training)
         return self.score(raw), raw
 
+    def final_boxes(self, video: VideoRecord, raw: dict[int, ScoredBoxes]) -> dict[int, ScoredBox]:
+        """The final box per scored frame of ``video`` (original indices) from its raw detections: the temporal
+        post-processing (on split positions) when enabled, else the highest-scoring detection; only boxes with
+        ``score >= score_threshold``. What the temporal metrics score and what a prediction file holds."""
+        cfg = self.config
+        if cfg.temporal.enabled:
+            frames = scored_frames(video, cfg.frame_stride)
+            smoothed = apply_temporal(
+                positions(video, raw, cfg.frame_stride), cfg.temporal, video.cached.orig_size
+            )
+            boxes = {frames[p]: box for p, box in smoothed.items()}
+        else:
+            boxes = {f: max(dets, key=lambda d: d[4]) for f, dets in raw.items() if dets}
+        return {f: box for f, box in sorted(boxes.items()) if box[4] >= cfg.score_threshold}
+
     def score(self, raw: dict[str, dict[int, ScoredBoxes]]) -> dict:
-        """Metrics of raw per-frame detections (original frame indices) of this split's videos."""
+        """Metrics of raw per-frame detections (original frame indices) of this split's videos: ``raw`` (every
+        detection) and ``temporal`` (the :meth:`final_boxes`)."""
         cfg = self.config
         videos = {v.video_id: v for v in self.dataset.videos}
         k = cfg.frame_stride
         gt = {vid: positions(v, v.boxes, k) for vid, v in videos.items()}
         frames = {vid: len(scored_frames(v, k)) for vid, v in videos.items()}
         raw_pos = {vid: positions(videos[vid], dets, k) for vid, dets in raw.items()}
-        smoothed = {
-            vid: apply_temporal(dets, cfg.temporal, videos[vid].cached.orig_size)
-            for vid, dets in raw_pos.items()
+        final = {
+            vid: positions(videos[vid], self.final_boxes(videos[vid], dets), k) for vid, dets in raw.items()
         }
         return {
             "raw": evaluate(gt, raw_pos, frames, cfg.fps / k, cfg.score_threshold),
-            "temporal": evaluate(gt, smoothed, frames, cfg.fps / k, cfg.score_threshold),
+            "temporal": evaluate(gt, final, frames, cfg.fps / k, cfg.score_threshold),
         }
