@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,21 @@ def create_model(
     return model
 
 
+def file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file under the process umask (``0o666 & ~umask``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: never a truncated file."""
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: never a truncated file. The
+    file gets the user's usual permissions (``mkstemp`` alone would leave it readable by its owner only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -63,17 +73,47 @@ def checkpoint_payload(model: RefDetModel, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _why_unreadable(path: Path) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is, judged from its bytes (nothing is
+    unpickled): cut short, an ultralytics checkpoint, or something else."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not zipfile.is_zipfile(path):
+        return "truncated (the file ends early)" if head in (b"", b"PK\x03\x04") else "not a checkpoint"
+    with zipfile.ZipFile(path) as archive:
+        pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
+        if pickles and b"ultralytics" in archive.read(pickles[0]):
+            return "an ultralytics checkpoint: use --yolo-weights"
+    return "not a refdet-edge checkpoint (it holds Python objects, not only tensors)"
+
+
+def _format_number(tag: Any) -> int | None:
+    """``N`` of a ``refdet-edge/N`` format tag, else None."""
+    prefix = CHECKPOINT_FORMAT.split("/")[0] + "/"
+    if isinstance(tag, str) and tag.startswith(prefix) and tag[len(prefix) :].isdigit():
+        return int(tag[len(prefix) :])
+    return None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint of this project with ``weights_only=True`` (loading never runs code)."""
+    """Load a checkpoint of this project with ``weights_only=True`` (loading never runs code). Every failure
+    is a one-line :class:`WeightsError`: no such file, not a checkpoint, an ultralytics checkpoint, truncated,
+    or written by a newer version."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"{path}: not a readable refdet-edge checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    except Exception:
+        raise WeightsError(f"{path}: {_why_unreadable(path)}") from None
+    found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    number = _format_number(found)
+    if number is not None and number > _format_number(CHECKPOINT_FORMAT):
+        raise WeightsError(
+            f"{path}: from a newer version of refdet-edge ({ckpt.get('version', '?')}, format {found}); "
+            f"this is {__version__}, which reads {CHECKPOINT_FORMAT}: upgrade refdet-edge"
+        )
+    if found != CHECKPOINT_FORMAT:
         raise WeightsError(
             f"{path}: not a refdet-edge checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
         )
