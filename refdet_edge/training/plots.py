@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from refdet_edge.evaluation.plots import save_figure
 
@@ -19,6 +20,7 @@ def _panel(ax, rows: list[dict], prefix: str, x_key: str, title: str, log: bool 
         )
     ax.set_title(title)
     ax.set_xlabel(x_key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
     if log and keys:
         ax.set_yscale("log")
     if keys:
@@ -26,9 +28,9 @@ def _panel(ax, rows: list[dict], prefix: str, x_key: str, title: str, log: bool 
     ax.grid(alpha=0.3)
 
 
-def plot_training(history: list[dict], grad_log: list[dict], out: Path) -> list[Path]:
-    """Writes ``losses.png``, ``metrics.png`` and ``grad_norms.png`` into ``out``; returns their paths."""
-    figures = [
+def training_figures(history: list[dict], grad_log: list[dict]) -> dict[str, Figure]:
+    """``losses.png``, ``metrics.png`` and ``grad_norms.png`` by file name."""
+    panels = [
         ("losses.png", history, "loss/", "epoch", "training losses (epoch mean, unweighted)", True),
         ("metrics.png", history, "val/", "epoch", "validation metrics", False),
         (
@@ -40,10 +42,15 @@ def plot_training(history: list[dict], grad_log: list[dict], out: Path) -> list[
             True,
         ),
     ]
-    paths = []
-    for name, rows, prefix, x_key, title, log in figures:
+    figures = {}
+    for name, rows, prefix, x_key, title, log in panels:
         fig = Figure(figsize=(7, 4))
         _panel(fig.add_subplot(), rows, prefix, x_key, title, log)
         fig.tight_layout()
-        paths.append(save_figure(fig, out / name))
-    return paths
+        figures[name] = fig
+    return figures
+
+
+def plot_training(history: list[dict], grad_log: list[dict], out: Path) -> list[Path]:
+    """Writes the :func:`training_figures` into ``out``; returns their paths."""
+    return [save_figure(fig, out / name) for name, fig in training_figures(history, grad_log).items()]
