@@ -173,3 +173,33 @@ def test_dataloader_workers_give_the_same_batches(train_set):
     for a, b in zip(batches(0), batches(2), strict=True):
         torch.testing.assert_close(a["query_images"], b["query_images"])
         torch.testing.assert_close(a["targets"], b["targets"])
+
+
+def test_crop_windows_hold_letterbox_bars_alike_for_positives_and_backgrounds(train_set):
+    """Windows are cut from the letterboxed frame: the grey bars of a 16:9 frame appear in training as at
+    inference, and as often around a target as elsewhere (grey must never mean "target here")."""
+    episodes = EpisodicDataset(train_set, imgsz=IMGSZ, support_size=SUPPORT, crop=128, augment=False)
+
+    def has_bar(image: torch.Tensor) -> bool:  # a whole row or column of grey PAD_VALUE
+        grey = ((image * 255).round() == 114).all(dim=0)
+        return bool(grey.all(dim=1).any() or grey.all(dim=0).any())
+
+    share = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensor ops on a busy 2-core machine cost 100x more with 2 threads
+    try:
+        for kind in ("positive_frames", "background_frames"):
+            rng = np.random.default_rng(0)
+            hits = []
+            for i in range(300):
+                video = train_set.videos[i % len(train_set.videos)]
+                image, box = episodes.query(video, int(rng.choice(getattr(video, kind))), rng)
+                assert image.shape == (3, 128, 128)
+                if kind == "positive_frames":
+                    assert 0 <= box[0] < box[2] <= 128 and 0 <= box[1] < box[3] <= 128
+                hits.append(has_bar(image))
+            share[kind] = float(np.mean(hits))
+    finally:
+        torch.set_num_threads(threads)
+    assert 0.3 < share["positive_frames"] < 0.95 and 0.3 < share["background_frames"] < 0.95, share
+    assert abs(share["positive_frames"] - share["background_frames"]) < 0.12, share

@@ -37,6 +37,7 @@ class Augmenter:
     def __init__(self, hgain: float = 0.015, sgain: float = 0.6, vgain: float = 0.35, flip: float = 0.5):
         self.hsv = RandomHSV(hgain=hgain, sgain=sgain, vgain=vgain)
         self.flip = RandomFlip(p=flip, direction="horizontal")
+        self.flip_p = flip
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         bgr = np.ascontiguousarray(image[..., ::-1])  # RandomHSV works in OpenCV's BGR order, in place

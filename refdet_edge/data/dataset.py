@@ -4,23 +4,28 @@
     <root>/samples/<video_id>/frames/000000.jpg ...   or <root>/samples/<video_id>/drone_video.mp4
     <root>/annotations/annotations.json
     <root>/splits.json                                 optional (see :mod:`refdet_edge.data.splits`)
+    <root>/sources.json                                optional (see :mod:`refdet_edge.data.sources`)
 
 Constructing a :class:`DroneDataset` validates everything and builds the resized frame cache of each video
 once (see :mod:`refdet_edge.data.cache`); afterwards a frame costs one small JPEG read, and the object holds
 only per-video metadata, so it is cheap to copy into DataLoader workers. Each video is one target; its label is
-its index in the sorted list of all videos of ``annotations.json`` (the same in every split).
+its index in the sorted list of all videos of ``annotations.json`` (the same in every split). A frame may show
+another target besides its own (a frame spliced in from that target's video, or a frame of a twin video):
+``VideoRecord.shows`` says which, from ``sources.json``, so that samplers never present it as "absent" to the
+references of a target it shows.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from refdet_edge.data.annotations import Box, DatasetError, load_annotations, validate_video_id, where
 from refdet_edge.data.cache import CachedVideo, FrameCache, default_cache_dir
+from refdet_edge.data.sources import SOURCES_FILE, Sources, load_sources
 from refdet_edge.data.splits import SPLIT_NAMES, SPLITS_FILE, load_splits
 from refdet_edge.data.video import IMAGE_SUFFIXES, open_frames
 from refdet_edge.preprocess import ImageReadError, read_image_rgb
@@ -43,6 +48,11 @@ class VideoRecord:
     frames: tuple[int, ...]  # readable frame indices in this split
     positive_frames: tuple[int, ...]  # those with a box
     background_frames: tuple[int, ...]  # those without
+    shows: dict[int, frozenset[int]] = field(default_factory=dict)  # frame -> labels of other targets in it
+
+    def clean_for(self, frame: int, labels: set[int] | frozenset[int]) -> bool:
+        """Whether ``frame`` shows none of the targets ``labels`` besides (maybe) its own."""
+        return not self.shows.get(frame, frozenset()) & labels
 
 
 def reference_paths(sample_dir: Path, video_id: str) -> tuple[Path, ...]:
@@ -71,7 +81,7 @@ class DroneDataset:
 
     Args:
         root: dataset folder.
-        split: ``"train"``, ``"val"``, ``"test"`` or ``None``.
+        split: ``"train"``, ``"val"``, ``"test"``, ``"seen"`` or ``None``.
         cache_size: long side of the cached frames (use at least the model's ``imgsz``).
         cache_dir: where the frame cache lives (default: ``<root>/.cache`` if writable, else the user cache).
         check_references: decode every reference photo now, so a bad one fails here and not mid-training.
@@ -107,13 +117,19 @@ class DroneDataset:
         self.video_ids = sorted(all_boxes)
         ranges = self._split_ranges()
         self.cache = FrameCache(Path(cache_dir) if cache_dir else default_cache_dir(self.root), cache_size)
+        sources = load_sources(self.root)
+        labels = {video_id: label for label, video_id in enumerate(self.video_ids)}
+        self.twins: dict[int, frozenset[int]] = {}  # label -> labels of the videos with the same frames
         self.videos: list[VideoRecord] = []
         for label, video_id in enumerate(self.video_ids):
+            if sources is not None:
+                twins = self._labels(sources.group(video_id) - {video_id}, labels)
+                if twins:
+                    self.twins[label] = twins
             if ranges is None or video_id in ranges:
                 spans = None if ranges is None else ranges[video_id]
-                self.videos.append(
-                    self._record(video_id, label, all_boxes[video_id], spans, check_references)
-                )
+                record = self._record(video_id, label, all_boxes[video_id], spans, check_references)
+                self.videos.append(record if sources is None else self._with_sources(record, sources, labels))
         self.by_label = {v.label: v for v in self.videos}
 
     def _split_ranges(self) -> dict[str, list[tuple[int, int | None]]] | None:
@@ -133,6 +149,21 @@ class DroneDataset:
                     f"{where(path, video_id, self.split)}: video not in {self.annotations_path}"
                 )
         return ranges
+
+    @staticmethod
+    def _labels(names: frozenset[str], labels: dict[str, int]) -> frozenset[int]:
+        return frozenset(labels[n] for n in names if n in labels)
+
+    def _with_sources(self, record: VideoRecord, sources: Sources, labels: dict[str, int]) -> VideoRecord:
+        """``record`` with ``shows`` from ``sources.json``, whose frame list must match the video."""
+        listed = sources.frames.get(record.video_id)
+        if listed is not None and len(listed) != record.cached.num_frames:
+            raise DatasetError(
+                f"{where(self.root / SOURCES_FILE, record.video_id, 'frames')}: {len(listed)} sources for a "
+                f"video of {record.cached.num_frames} frames (stale sources.json?)"
+            )
+        shows = {f: self._labels(s, labels) for f, s in sources.shows(record.video_id).items()}
+        return replace(record, shows={f: s for f, s in shows.items() if s})
 
     def _record(
         self,

@@ -8,11 +8,18 @@ with replacement when a target has fewer than K). Its Q queries are:
 - mismatched: an annotated frame of a target that is *not* among the N (``mismatch_prob``); the right answer is
   "nothing here", since its object has no reference in the episode.
 
+No query shows a target of the episode that its label does not name: a frame spliced in from a target's video,
+or a frame of a twin video (``VideoRecord.shows``), is never drawn for an episode with that target's references,
+and twins are never in one episode.
+
 Query frames come from the resized frame cache, are augmented (:class:`~refdet_edge.data.augment.Augmenter`)
-and letterboxed to ``imgsz`` with :func:`refdet_edge.preprocess.letterbox` (or, with ``crop``, cut to a
-``crop`` x ``crop`` window at the same scale: small targets keep their size while a training step costs a
-fraction of a full frame); references are augmented and
-letterboxed to ``support_size``; both become float [0, 1] tensors with :func:`refdet_edge.preprocess.to_tensor`.
+and letterboxed to ``imgsz`` with :func:`refdet_edge.preprocess.letterbox`, as at inference (the grey bars of a
+16:9 frame included). With ``crop`` a ``crop`` x ``crop`` window is then cut from that letterboxed frame (small
+targets keep their size while a step costs a fraction of a full frame). A window of a frame with a box holds
+the box and is placed uniformly among the positions that do; a window of a background frame is placed the same
+way around a box of the same video (another of its frames), so that windows of both kinds hold letterbox bars
+alike and the grey never tells them apart. References are augmented and letterboxed to ``support_size``; both
+become float [0, 1] tensors with :func:`refdet_edge.preprocess.to_tensor`.
 Every draw comes from ``numpy.random.default_rng([seed, epoch, index])``, so an item is the same in any worker;
 call :meth:`set_epoch` before each epoch for new episodes (with non-persistent DataLoader workers).
 """
@@ -26,7 +33,9 @@ import torch
 
 from refdet_edge.data.augment import Augmenter
 from refdet_edge.data.dataset import DroneDataset, VideoRecord, read_reference
-from refdet_edge.preprocess import PAD_VALUE, letterbox, to_tensor
+from refdet_edge.preprocess import LetterboxInfo, letterbox, to_tensor
+
+MAX_TRIES = 20  # random draws before a query falls back to listing the frames that qualify
 
 
 def sample_seed(rng: np.random.Generator) -> int:
@@ -34,16 +43,29 @@ def sample_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31))
 
 
-def crop_square(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
-    """A ``side`` x ``side`` crop centred on (cx, cy); parts outside the image are grey (PAD_VALUE)."""
+def window_start(rng: np.random.Generator, lo: float, hi: float, side: int, limit: int) -> float:
+    """Start of a ``side``-long window inside ``[0, limit)`` that holds ``[lo, hi]``, uniform over the starts
+    that do; centred on the span when it is longer than the window, anywhere when ``lo`` is None."""
+    if lo is None:
+        return rng.uniform(0, limit - side)
+    first, last = max(0.0, hi - side), min(float(limit - side), lo)
+    if first > last:
+        return float(np.clip((lo + hi - side) / 2, 0, limit - side))
+    return rng.uniform(first, last)
+
+
+def cut_window(
+    image: np.ndarray, boxes: np.ndarray, anchor: np.ndarray | None, side: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``side`` x ``side`` window of ``image`` (which is at least that large) placed to hold ``anchor`` (a
+    box, or None: anywhere), and ``boxes`` shifted into it and clipped to it."""
     h, w = image.shape[:2]
-    side = max(1, round(side))
-    x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    out = np.full((side, side, 3), PAD_VALUE, np.uint8)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    return out
+    x_span = (None, None) if anchor is None else (anchor[0], anchor[2])
+    y_span = (None, None) if anchor is None else (anchor[1], anchor[3])
+    x0 = int(window_start(rng, *x_span, side, w))
+    y0 = int(window_start(rng, *y_span, side, h))
+    shifted = np.clip(boxes - np.array([x0, y0, x0, y0], np.float32), 0, side)
+    return image[y0 : y0 + side, x0 : x0 + side], shifted
 
 
 class ReferenceSampler:
@@ -122,51 +144,96 @@ class EpisodicDataset(torch.utils.data.Dataset):
     def query(
         self, video: VideoRecord, frame: int, rng: np.random.Generator
     ) -> tuple[torch.Tensor, np.ndarray]:
-        """One letterboxed query frame and its box in model-input pixels (zeros when it has none)."""
+        """One letterboxed query frame (or crop window) and its box in model-input pixels (zeros when none)."""
         image, box = self.dataset.load_frame(video, frame)
         boxes = np.zeros((0, 4), np.float32) if box is None else box[None]
         if self.augment is not None:
             image, boxes = self.augment(image, boxes, sample_seed(rng))
         window_rng = np.random.default_rng(sample_seed(rng))  # drawn with or without crop: same episodes
+        boxed, info = letterbox(image, self.imgsz)
+        boxes = info.to_input(boxes.astype(np.float32)) if len(boxes) else boxes
         if self.crop is not None:
-            image, boxes = self.window(image, boxes, window_rng)
-        boxed, info = letterbox(image, self.crop or self.imgsz)
-        out = info.to_input(boxes.astype(np.float32)) if len(boxes) else np.zeros((1, 4), np.float32)
-        return to_tensor(boxed), out[0]
+            anchor = boxes[0] if len(boxes) else self.stand_in_box(video, info, window_rng)
+            boxed, boxes = cut_window(boxed, boxes, anchor, self.crop, window_rng)
+        return to_tensor(np.ascontiguousarray(boxed)), boxes[0] if len(boxes) else np.zeros(4, np.float32)
 
-    def window(
-        self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """A ``crop`` x ``crop`` window of the frame, at the frame's scale: anywhere on a frame without a box,
-        else placed at random so that it holds the box (as much of it as fits)."""
-        h, w = image.shape[:2]
-        c = self.crop
-        if len(boxes):
-            x1, y1, x2, y2 = boxes[0]
-            x0 = rng.uniform(min(x2 - c, x1), max(x2 - c, x1))
-            y0 = rng.uniform(min(y2 - c, y1), max(y2 - c, y1))
-        else:
-            x0, y0 = rng.uniform(0, max(w - c, 0)), rng.uniform(0, max(h - c, 0))
-        x0, y0 = int(x0), int(y0)
-        shifted = np.clip(boxes - np.array([x0, y0, x0, y0], np.float32), 0, c)
-        return crop_square(image, x0 + c / 2, y0 + c / 2, c), shifted
+    def stand_in_box(
+        self, video: VideoRecord, info: LetterboxInfo, rng: np.random.Generator
+    ) -> np.ndarray | None:
+        """A box of another frame of ``video`` in model-input pixels, mirrored as often as augmentation mirrors
+        real boxes: a background frame's window is placed around it, as a positive's is around its box. None
+        when the video has no box."""
+        frames = video.positive_frames or tuple(video.boxes)
+        if not frames:
+            return None
+        box = np.asarray(video.boxes[frames[int(rng.integers(len(frames)))]], np.float32) * video.cached.scale
+        if self.augment is not None and rng.random() < self.augment.flip_p:
+            width = info.orig_shape[1]
+            box = np.array([width - box[2], box[1], width - box[0], box[3]], np.float32)
+        return info.to_input(box)
+
+    def pick(
+        self,
+        videos: list[VideoRecord],
+        frames_of: str,
+        support: frozenset[int],
+        rng: np.random.Generator,
+    ) -> tuple[VideoRecord, int] | None:
+        """A random video of ``videos`` and one of its ``frames_of`` frames (``"positive_frames"`` or
+        ``"background_frames"``) that shows no target of ``support`` other than its own; None if none does."""
+        for _ in range(MAX_TRIES):
+            video = videos[int(rng.integers(len(videos)))]
+            frame = int(rng.choice(getattr(video, frames_of)))
+            if video.clean_for(frame, support):
+                return video, frame
+        clean = [(v, f) for v in videos for f in getattr(v, frames_of) if v.clean_for(f, support)]
+        return clean[int(rng.integers(len(clean)))] if clean else None
+
+    def choose_targets(self, rng: np.random.Generator) -> list[VideoRecord]:
+        """The episode's N targets, never two twins (videos of the same frames) together."""
+        twins = self.dataset.twins
+        if not any(v.label in twins for v in self.targets):
+            return [self.targets[i] for i in rng.choice(len(self.targets), self.n_way, replace=False)]
+        chosen: list[VideoRecord] = []
+        for i in rng.permutation(len(self.targets)):
+            video = self.targets[int(i)]
+            if not any(video.label in twins.get(c.label, ()) for c in chosen):
+                chosen.append(video)
+            if len(chosen) == self.n_way:
+                break
+        return chosen
+
+    def queries(
+        self, chosen: list[VideoRecord], rng: np.random.Generator
+    ) -> list[tuple[VideoRecord, int, int]]:
+        """``(video, frame, label)`` of each query of an episode whose references are those of ``chosen``."""
+        support = frozenset(v.label for v in chosen)
+        blocked = support | {t for v in chosen for t in self.dataset.twins.get(v.label, ())}
+        others = [v for v in self.targets if v.label not in blocked]
+        picks = []
+        for q in range(self.n_query):
+            draw = rng.random()
+            pick, label = None, None
+            if q > 0 and draw < self.background_prob:
+                pick, label = self.pick(self.backgrounds, "background_frames", support, rng), -1
+            elif q > 0 and draw < self.background_prob + self.mismatch_prob and others:
+                pick = self.pick(others, "positive_frames", support, rng)
+            if pick is None:
+                pick = self.pick(chosen, "positive_frames", support, rng)
+                if pick is None:
+                    raise ValueError(
+                        f"{self.dataset.root}: every annotated frame of targets {sorted(support)} shows another "
+                        "of them (see sources.json)"
+                    )
+            video, frame = pick
+            picks.append((video, frame, video.label if label is None else label))
+        return picks
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        chosen = [self.targets[i] for i in rng.choice(len(self.targets), self.n_way, replace=False)]
-        support_ids = {v.label for v in chosen}
-        others = [v for v in self.targets if v.label not in support_ids]
+        chosen = self.choose_targets(rng)
         images, boxes, labels = [], [], []
-        for q in range(self.n_query):
-            draw = rng.random()
-            if q > 0 and draw < self.background_prob:
-                video = self.backgrounds[rng.integers(len(self.backgrounds))]
-                frame, label = int(rng.choice(video.background_frames)), -1
-            else:
-                mismatched = q > 0 and draw < self.background_prob + self.mismatch_prob
-                pool = others if mismatched else chosen
-                video = pool[rng.integers(len(pool))]
-                frame, label = int(rng.choice(video.positive_frames)), video.label
+        for video, frame, label in self.queries(chosen, rng):
             image, box = self.query(video, frame, rng)
             images.append(image)
             boxes.append(box)
