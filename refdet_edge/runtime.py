@@ -12,6 +12,7 @@ Every backend uses the same pre-processing (:func:`refdet_edge.preprocess.prepro
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,10 @@ from refdet_edge.preprocess import LetterboxInfo, preprocess_images, read_image_
 
 BACKENDS = ("torch", "onnx", "trt")
 ImageLike = np.ndarray | str | Path
+
+
+class ParityWarning(UserWarning):
+    """An export is loaded whose ONNX Runtime outputs did not match PyTorch's at export time."""
 
 
 def _is_image(item: object) -> bool:
@@ -201,18 +206,16 @@ class OnnxRuntime(Runtime):
     backend = "onnx"
 
     def __init__(
-        self, model_dir: Path, metadata: dict, device: torch.device, providers: list[str], **settings: Any
+        self, model_dir: Path, metadata: dict, device: torch.device, threads: int | None, **settings: Any
     ):
-        import onnxruntime as ort
-
         super().__init__(metadata["imgsz"], metadata["support_size"], device, **settings)
         graphs = metadata["graphs"]
         paths = {key: model_dir / graphs[key]["file"] for key in ("support_encoder", "detector")}
         for path in paths.values():
             if not path.is_file():
                 raise ExportError(f"{path}: no such file (named in {model_dir / 'metadata.json'})")
-        self.support = ort.InferenceSession(str(paths["support_encoder"]), providers=providers)
-        self.detector = ort.InferenceSession(str(paths["detector"]), providers=providers)
+        self.support = onnx_session(paths["support_encoder"], device, threads)
+        self.detector = onnx_session(paths["detector"], device, threads)
 
     def _encode(self, references: torch.Tensor) -> list[np.ndarray]:
         return self.support.run(list(PROTOTYPES), {REFERENCES: references.numpy()})
@@ -295,6 +298,34 @@ def _onnx_providers(device: torch.device) -> list[str]:
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
+def onnx_session(path: Path, device: torch.device, threads: int | None = None):
+    """An ONNX Runtime session of ``path`` on ``device``. With ``threads``: that many intra-op threads, one
+    inter-op thread, sequential execution and no spinning of idle worker threads (they would take the cores
+    from whatever runs next: the figures of ``refdet bench``); without, ONNX Runtime's defaults."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=_onnx_providers(device))
+
+
+def warn_if_parity_failed(model_dir: Path, metadata: dict) -> None:
+    """A :class:`ParityWarning` when the export's ``metadata.json`` records a failed parity check."""
+    parity = metadata.get("parity")
+    if isinstance(parity, dict) and parity.get("passed") is False:
+        figures = "; ".join(parity.get("failures", [])) or "see field 'parity'"
+        warnings.warn(
+            f"{model_dir / 'metadata.json'}: field 'parity' failed at export ({figures}): this export's "
+            "detections may differ from the PyTorch model's",
+            ParityWarning,
+            stacklevel=3,
+        )
+
+
 def load(
     source: str | Path | RefDetModel,
     backend: str = "torch",
@@ -303,13 +334,15 @@ def load(
     iou: float = 0.5,
     max_det: int = 100,
     imgsz: int | None = None,
+    threads: int | None = None,
 ) -> Runtime:
     """A runtime for ``source``: a checkpoint file (or a model in memory) for ``torch``, an export folder
     written by ``refdet export`` (or its ``metadata.json``) for ``onnx`` and ``trt``.
 
     ``device`` defaults to CUDA when available for torch, CPU for onnx, and ``cuda`` for trt. ``imgsz``
     overrides the torch model's input size; the exported graphs have theirs fixed in the metadata.
-    Bad files raise :class:`refdet_edge.models.WeightsError` or :class:`ExportError` naming the file.
+    ``threads`` fixes ONNX Runtime's thread count (see :func:`onnx_session`). An export whose parity check
+    failed loads with a :class:`ParityWarning`. Bad files raise :class:`refdet_edge.models.WeightsError` or :class:`ExportError` naming the file.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -329,6 +362,7 @@ def load(
         raise ExportError(
             f"{model_dir / 'metadata.json'}: field 'imgsz' is {metadata['imgsz']}, the graphs cannot run at {imgsz}"
         )
+    warn_if_parity_failed(model_dir, metadata)
     if backend == "onnx":
-        return OnnxRuntime(model_dir, metadata, dev, _onnx_providers(dev), **settings)
+        return OnnxRuntime(model_dir, metadata, dev, threads, **settings)
     return TensorRTRuntime(model_dir, metadata, dev, **settings)

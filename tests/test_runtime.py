@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import warnings
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from refdet_edge import runtime
-from refdet_edge.export.metadata import ExportError, build_metadata, write_metadata
+from refdet_edge.export.metadata import ExportError, build_metadata, read_metadata, write_metadata
 from refdet_edge.export.onnx_export import EXPORTER, export_onnx
 from refdet_edge.export.profiles import profiles_for
 from refdet_edge.models import WeightsError, atomic_save, checkpoint_payload, create_model
@@ -173,3 +176,29 @@ def test_limits_of_a_runtime_are_enforced(backends):
             onnx_rt.set_references(images(3, 1))
     finally:
         onnx_rt.max_targets = onnx_rt.max_refs = None
+
+
+def test_an_export_whose_parity_failed_loads_with_a_warning(model_files, tmp_path):
+    _, export_dir = model_files
+    metadata = read_metadata(export_dir)
+    for name in ("support_encoder", "detector"):
+        shutil.copy(export_dir / metadata["graphs"][name]["file"], tmp_path)
+    failure = "targets=1 batch=1: score max |diff| 1.00e-02 (limit 1e-04)"
+    write_metadata(tmp_path, {**metadata, "parity": {"passed": False, "failures": [failure]}})
+    with pytest.warns(
+        runtime.ParityWarning, match=r"metadata.json: field 'parity' failed .*score max \|diff\| 1.00e-02"
+    ):
+        runtime.load(tmp_path, "onnx")
+    write_metadata(tmp_path, {**metadata, "parity": {"passed": True, "failures": []}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runtime.ParityWarning)
+        runtime.load(tmp_path, "onnx")
+
+
+def test_onnx_sessions_take_the_thread_count(model_files):
+    _, export_dir = model_files
+    rt = runtime.load(export_dir, "onnx", threads=1)
+    for session in (rt.support, rt.detector):
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
