@@ -1,8 +1,9 @@
 """GPU check of the export (issue 6), for a machine with a CUDA GPU and TensorRT 10.x; installs nothing.
 
 Exports a model (``--weights`` checkpoint, else a random one at the default sizes), builds the FP16 engines,
-compares TensorRT with ONNX Runtime (CPU, fp32) on the same frames and references (1 and 3 targets, batch 1
-and 2), and measures median latencies. Prints one JSON object.
+compares TensorRT with ONNX Runtime (CPU, fp32) on the parity check's synthetic aerial scenes and reference
+photos (1 and 3 targets, batch 1 and 2; the figures of :func:`refdet_edge.export.parity.compare_outputs`, with
+ONNX Runtime as the reference side), and measures median latencies. Prints one JSON object.
 
     YOLO_OFFLINE=1 python benchmarks/gpu_check.py --out /tmp/gpu_check [--weights best.pt] [--imgsz 640]
 """
@@ -14,16 +15,15 @@ import json
 import statistics
 import time
 
-import numpy as np
+import cv2
 import torch
 
 from refdet_edge import runtime
 from refdet_edge.export.metadata import write_metadata
-from refdet_edge.export.onnx_export import match_boxes
+from refdet_edge.export.parity import compare_outputs, synthetic_inputs
 from refdet_edge.export.pipeline import export_model
 from refdet_edge.export.tensorrt import build_engines
 from refdet_edge.models import create_model, load_model
-from refdet_edge.postprocess import postprocess
 
 
 def median_ms(fn, runs: int, warmup: int = 10) -> float:
@@ -59,9 +59,8 @@ def main() -> None:
 
     trt_rt, onnx_rt = runtime.load(args.out, "trt"), runtime.load(args.out, "onnx", device="cpu")
     torch_rt = runtime.load(model, "torch", device="cuda", imgsz=args.imgsz)
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(2)]
-    refs = [[rng.integers(0, 256, (160, 120, 3), dtype=np.uint8) for _ in range(3)] for _ in range(3)]
+    inputs = synthetic_inputs()
+    frames, refs = inputs.frames, inputs.references
 
     parity = []
     for n in (1, 3):
@@ -73,27 +72,13 @@ def main() -> None:
         for size in (1, 2):
             batch, _ = onnx_rt.preprocess(frames[:size])
             (boxes_t, scores_t), (boxes_o, scores_o) = trt_rt.infer(batch), onnx_rt.infer(batch)
-            boxes_t, scores_t = boxes_t.cpu(), scores_t.cpu()
-            conf = float(scores_o.flatten().topk(100).values[-1])  # compare the 100 best candidates
-            det_t = postprocess(boxes_t, scores_t, None, conf, 0.5, 100)
-            det_o = postprocess(boxes_o, scores_o, None, conf, 0.5, 100)
-            parity.append(
-                {
-                    "targets": n,
-                    "batch": size,
-                    "prototype_max_abs_diff": proto_diff,
-                    "score_max_abs_diff": float((scores_t - scores_o).abs().max()),
-                    "boxes_after_nms": [[len(x) for x in det_t], [len(x) for x in det_o]],
-                    "box_min_iou": min(
-                        match_boxes(o.boxes, t.boxes, o.labels, t.labels)
-                        for t, o in zip(det_t, det_o, strict=True)
-                    ),
-                }
-            )
+            figures = compare_outputs(boxes_o, scores_o, boxes_t.cpu(), scores_t.cpu())
+            parity.append({"targets": n, "batch": size, "prototype_max_abs_diff": proto_diff, **figures})
 
     for rt in (trt_rt, torch_rt):
         rt.set_references(refs[0])
     batch, _ = trt_rt.preprocess(frames[:1])
+    video_frame = cv2.resize(frames[0], (1280, 720))
     gpu_batch = batch.cuda()
     latency = {
         "trt_fp16_detector_ms": median_ms(lambda: trt_rt.infer(gpu_batch), args.runs),
@@ -101,7 +86,7 @@ def main() -> None:
         "trt_fp16_support_3_refs_ms": median_ms(
             lambda: trt_rt.set_references(refs[0]), max(args.runs // 5, 5)
         ),
-        "trt_end_to_end_1280x720_ms": median_ms(lambda: trt_rt(frames[:1]), args.runs),
+        "trt_end_to_end_1280x720_ms": median_ms(lambda: trt_rt([video_frame]), args.runs),
     }
     latency["trt_end_to_end_fps"] = 1e3 / latency["trt_end_to_end_1280x720_ms"]
     print(

@@ -1,4 +1,4 @@
-"""Calibration frames for INT8: decoded frames of a dataset and the reference photos of their video."""
+"""Frames of a dataset with the reference photos of their video: INT8 calibration and export parity read them."""
 
 from __future__ import annotations
 
@@ -20,16 +20,12 @@ class CalibrationFrame:
     references: tuple[Path, ...]
 
 
-def calibration_frames(root: str | Path, max_frames: int) -> list[CalibrationFrame]:
-    """Up to ``max_frames`` frames spread evenly over ``root/samples/*/frames/*.jpg`` (the dataset layout),
-    each with the sorted images of its ``object_images`` folder; a folder that does not fit raises
-    :class:`ExportError` naming the path."""
-    root = Path(root)
-    samples = root / "samples"
+def dataset_frames(root: str | Path) -> list[CalibrationFrame]:
+    """Every frame of ``root/samples/*/frames/*.jpg`` (the dataset layout), each with the sorted images of
+    its ``object_images`` folder; a folder that does not fit raises :class:`ExportError` naming the path."""
+    samples = Path(root) / "samples"
     if not samples.is_dir():
-        raise ExportError(f"{samples}: no such folder (--calib-data must be a dataset root with samples/)")
-    if max_frames < 1:
-        raise ExportError(f"--calib-frames must be at least 1, got {max_frames}")
+        raise ExportError(f"{samples}: no such folder (expected a dataset root with samples/)")
     pool: list[CalibrationFrame] = []
     for sample in sorted(p for p in samples.iterdir() if p.is_dir()):
         frames = sorted((sample / "frames").glob("*.jpg"))
@@ -41,8 +37,14 @@ def calibration_frames(root: str | Path, max_frames: int) -> list[CalibrationFra
             raise ExportError(f"{refs_dir}: no reference image (a sample with frames needs object_images/)")
         pool.extend(CalibrationFrame(frame, refs) for frame in frames)
     if not pool:
-        raise ExportError(
-            f"{samples}: no decoded frame in */frames/*.jpg (INT8 calibration reads decoded JPEG frames)"
-        )
+        raise ExportError(f"{samples}: no decoded frame in */frames/*.jpg (decoded JPEG frames are read)")
+    return pool
+
+
+def calibration_frames(root: str | Path, max_frames: int) -> list[CalibrationFrame]:
+    """Up to ``max_frames`` frames of :func:`dataset_frames`, spread evenly over the dataset."""
+    if max_frames < 1:
+        raise ExportError(f"--calib-frames must be at least 1, got {max_frames}")
+    pool = dataset_frames(root)
     picks = np.unique(np.linspace(0, len(pool) - 1, min(max_frames, len(pool))).round().astype(int))
     return [pool[i] for i in picks]
