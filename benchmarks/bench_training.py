@@ -1,10 +1,10 @@
 """Training: one stage-3 step on a detection-only batch against a mixed detection + triplet batch (issue 7,
 pair 5), and the leak check of issue 4: resident memory after 200 training steps within 10% of that after 20.
-See :mod:`refdet_edge.benchmark`."""
+See :mod:`refdet_edge.benchmark.leak`."""
 
 from __future__ import annotations
 
-from refdet_edge.benchmark import rss_over_training
+from refdet_edge.benchmark.leak import rss_over_training
 from refdet_edge.data.synth import generate_synthetic
 
 LEAK_MARKS = (20, 200)

@@ -1,16 +1,19 @@
 """Shared set-up of the benchmark suites: ``bench_*.py`` collected by ``pytest benchmarks`` (``make bench``),
 the sizes every pair runs at, and one table of every pair measured, printed at the end of the session.
 
-Options: ``--bench-imgsz`` (640), ``--bench-support-size`` (224), ``--bench-repeats`` (5), ``--bench-device``
-(cpu), ``--bench-backend`` (torch). Each pair is measured by :func:`refdet_edge.benchmark.run_pair`, the code
-``refdet bench`` runs; its figures land in pytest-benchmark's ``extra_info`` (``--benchmark-json``).
+Options: ``--bench-imgsz`` (640), ``--bench-support-size`` (224), ``--bench-repeats`` (20), ``--bench-device``
+(cpu), ``--bench-backend`` (torch), ``--bench-support-encoder`` (the model's default). Each pair is measured
+by :func:`refdet_edge.benchmark.run.run_pair`, the code ``refdet bench`` runs; its figures land in
+pytest-benchmark's ``extra_info`` (``--benchmark-json``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from refdet_edge.benchmark import BenchSettings, PairResult, format_table, run_pair
+from refdet_edge.benchmark.report import PairResult, format_table
+from refdet_edge.benchmark.run import run_pair
+from refdet_edge.benchmark.settings import BenchSettings
 
 RESULTS: list[PairResult] = []
 
@@ -19,11 +22,12 @@ def pytest_addoption(parser):
     group = parser.getgroup("refdet bench")
     group.addoption("--bench-imgsz", type=int, default=640, help="query frame size of every pair")
     group.addoption("--bench-support-size", type=int, default=224, help="reference image size")
-    group.addoption("--bench-repeats", type=int, default=5, help="timed calls per side")
+    group.addoption("--bench-repeats", type=int, default=20, help="timed rounds (one call per side each)")
     group.addoption("--bench-device", default="cpu", help="cpu or cuda[:N]")
     group.addoption(
         "--bench-backend", default="torch", help="runtime of the predict pair: torch, onnx or trt"
     )
+    group.addoption("--bench-support-encoder", default=None, help="siamese, dinov2 or timm:NAME")
 
 
 def pytest_collect_file(file_path, parent):
@@ -48,6 +52,7 @@ def bench_settings(request, tmp_path_factory) -> BenchSettings:
         device=opt("--bench-device"),
         backend=opt("--bench-backend"),
         repeats=opt("--bench-repeats"),
+        support_encoder=opt("--bench-support-encoder"),
     )
 
 

@@ -6,17 +6,8 @@ import tempfile
 from pathlib import Path
 
 import click
-import torch
 
-from refdet_edge.benchmark import (
-    PAIRS,
-    BenchSettings,
-    environment,
-    format_table,
-    results_json,
-    run_pairs,
-    write_json,
-)
+from refdet_edge.benchmark import PAIR_KEYS
 
 
 @click.command(
@@ -24,7 +15,8 @@ from refdet_edge.benchmark import (
         "Example:\n\n\b\n"
         "  refdet bench --imgsz 640 --support-size 224 --json bench_cpu.json\n"
         "  refdet bench --device cuda --backend trt --json bench_gpu.json\n"
-        "  refdet bench --imgsz 320 --repeats 5 --pair detection_vs_yolov8n --pair features_vs_plain"
+        "  refdet bench --imgsz 320 --repeats 5 --pair detection_vs_yolov8n --pair features_vs_plain\n"
+        "  refdet bench --support-encoder siamese --support-size 112 --no-memory"
     )
 )
 @click.option(
@@ -38,22 +30,34 @@ from refdet_edge.benchmark import (
     "--device", default="auto", show_default=True, help="cpu, cuda or cuda:N; auto: CUDA if available."
 )
 @click.option("--imgsz", default=640, show_default=True, help="Query frame size (multiple of 32).")
-@click.option("--support-size", default=224, show_default=True, help="Reference image size (multiple of 14).")
 @click.option(
-    "--repeats",
-    default=10,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Timed calls per side, interleaved (training steps: at most 5).",
+    "--support-size", default=224, show_default=True, help="Reference image size (the encoder's multiple)."
 )
 @click.option(
-    "--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed calls per side."
+    "--support-encoder",
+    help="Support encoder of the model: siamese, dinov2 or timm:NAME [default: the model's default].",
+)
+@click.option(
+    "--repeats",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Timed rounds (one call per side, interleaved; training steps: at most 5).",
+)
+@click.option(
+    "--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="Untimed calls per side."
+)
+@click.option(
+    "--threads",
+    default=0,
+    type=click.IntRange(min=0),
+    help="Intra-op threads of torch and ONNX Runtime alike [default: one per physical core].",
 )
 @click.option(
     "--pair",
     "pairs",
     multiple=True,
-    type=click.Choice(list(PAIRS)),
+    type=click.Choice(PAIR_KEYS),
     help="Measure only this pair (repeatable); default: every pair this machine can run.",
 )
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory runs (one fresh process per side).")
@@ -73,8 +77,10 @@ def bench(
     device: str,
     imgsz: int,
     support_size: int,
+    support_encoder: str | None,
     repeats: int,
     warmup: int,
+    threads: int,
     pairs: tuple[str, ...],
     no_memory: bool,
     workdir: Path | None,
@@ -82,11 +88,19 @@ def bench(
 ) -> None:
     """What the reference branch, feature extraction, triplet training and the predict pipeline cost.
 
-    Each pair is measured side by side in one process at the same input size (median latency, interleaved
-    calls), and each side's peak memory in a fresh process of its own; ratios are candidate / baseline,
-    checked against the targets of issue 7. Pairs this machine cannot run (no CUDA, no TensorRT, no
-    onnxruntime) are listed as skipped.
+    Each pair is measured side by side in one process at the same input size and thread count: rounds of
+    one call per side, the side that goes first alternating; the ratio is the median of the rounds' ratios
+    (candidate / baseline), shown with the spread of those ratios. Each side's peak memory is measured in a
+    fresh process of its own. Ratios are checked against the targets of issue 7. Pairs this machine cannot
+    run (no CUDA, no TensorRT, no onnxruntime) are listed as skipped. The support path of the model's
+    encoder (parameters, GFLOPs, time for the references of one target) is reported first.
     """
+    import torch
+
+    from refdet_edge.benchmark.inference import support_path
+    from refdet_edge.benchmark.report import environment, format_table, results_json, write_json
+    from refdet_edge.benchmark.run import run_pairs
+    from refdet_edge.benchmark.settings import BenchSettings, apply_threads
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,14 +122,24 @@ def bench(
                 backend=backend,
                 repeats=repeats,
                 warmup=warmup,
+                threads=threads,
+                support_encoder=support_encoder,
             )
         except ValueError as err:
             raise click.BadParameter(str(err)) from None
+        apply_threads(settings)
         env = environment(settings)
         click.echo(
-            f"refdet bench: {env['gpu'] or env['cpu']} ({env['device']}, {env['torch_threads']} torch threads), "
-            f"imgsz {imgsz}, support {support_size}, backend {backend}, {repeats} repeats",
+            f"refdet bench: {env['gpu'] or env['cpu']} ({env['device']}, {env['threads']} threads for torch and "
+            f"ONNX Runtime, load {'/'.join(map(str, env['load_average']))}), imgsz {imgsz}, support "
+            f"{support_size}, backend {backend}, {settings.repeats} rounds",
             err=True,
+        )
+        support = support_path(settings)
+        click.echo(
+            f"support path ({support['encoder']}, {support['refs']} refs at {support['support_size']}): "
+            f"{support['params'] / 1e6:.3f} M params, {support['gflops']:.2f} GFLOPs, "
+            f"{support['median_ms']:.1f} ms"
         )
         results = run_pairs(
             settings,
@@ -127,5 +151,5 @@ def bench(
     if not no_memory:
         click.echo(f"memory: {env['memory']}")
     if json_out is not None:
-        write_json(json_out, results_json(results, settings))
+        write_json(json_out, results_json(results, settings, support))
         click.echo(f"wrote {json_out}")
