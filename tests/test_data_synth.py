@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import pytest
 from click.testing import CliRunner
 
 from refdet_edge.cli import cli
@@ -23,6 +25,47 @@ def test_same_seed_gives_identical_files(tmp_path):
     assert len(a) == 2 * (20 + 3) + 2
     assert a == b
     assert a.keys() != c.keys() or a != c
+
+
+def test_demo_size_small_frames_large_targets_and_deterministic(tmp_path):
+    args = dict(videos=2, frames=20, seed=3, frame_size=(640, 360), target_px=(24.0, 80.0))
+    root = generate_synthetic(tmp_path / "a", workers=2, **args)
+    assert tree(root) == tree(generate_synthetic(tmp_path / "b", workers=1, **args))
+    boxes = load_annotations(root / "annotations" / "annotations.json")
+    for video_id, frames in boxes.items():
+        frame = cv2.imread(str(root / "samples" / video_id / "frames" / "000000.jpg"))
+        assert frame.shape == (360, 640, 3)
+        assert frames, video_id
+        sides = [max(x2 - x1, y2 - y1) for x1, y1, x2, y2 in frames.values()]
+        assert 16 <= min(sides) and max(sides) <= 125, (video_id, sides)
+        for x1, y1, x2, y2 in frames.values():
+            assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(target_px=(30.0, 20.0)), "4 <= min <= max"),
+        (dict(frame_size=(320, 180), target_px=(24.0, 80.0)), "at least 4 x the largest target"),
+    ],
+)
+def test_bad_sizes_are_refused(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate_synthetic(tmp_path / "x", videos=1, frames=20, **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_synth_command_sizes(tmp_path):
+    out = tmp_path / "demo"
+    args = ["data", "synth", "--out", str(out), "--videos", "1", "--frames", "20", "--workers", "1"]
+    result = CliRunner().invoke(cli, [*args, "--frame-size", "480x272", "--target-size", "20-60"])
+    assert result.exit_code == 0, result.output
+    assert "of 480x272" in result.output
+    assert cv2.imread(str(next((out / "samples").glob("*/frames/000000.jpg")))).shape == (272, 480, 3)
+    bad = CliRunner().invoke(cli, [*args, "--frame-size", "480by272"])
+    assert bad.exit_code == 2 and "--frame-size" in bad.output and "'480by272'" in bad.output
+    small = CliRunner().invoke(cli, [*args, "--frame-size", "160x120", "--target-size", "20-60"])
+    assert small.exit_code == 1 and "too small for 60 px targets" in small.output
 
 
 def test_layout_background_share_and_box_sizes(synth_root):

@@ -31,27 +31,77 @@ def data() -> None:
 @click.option(
     "--workers", default=None, type=click.IntRange(1), help="Processes [default: one per CPU core]."
 )
-def synth(out: Path, videos: int, frames: int, seed: int, refs: int, workers: int | None) -> None:
+@click.option(
+    "--frame-size",
+    default="1280x720",
+    show_default=True,
+    callback=lambda ctx, param, value: _pair(param, value, "x", int),
+    help="Frame WIDTHxHEIGHT in pixels.",
+)
+@click.option(
+    "--target-size",
+    default="14-50",
+    show_default=True,
+    callback=lambda ctx, param, value: _pair(param, value, "-", float),
+    help="MIN-MAX of the target's long side in frame pixels (one size per video, log-uniform).",
+)
+def synth(
+    out: Path,
+    videos: int,
+    frames: int,
+    seed: int,
+    refs: int,
+    workers: int | None,
+    frame_size: tuple[int, int],
+    target_size: tuple[float, float],
+) -> None:
     """Generate a synthetic drone-video dataset.
 
     \b
     A camera drifting over procedurally textured terrain; each video has one target (a coloured, patterned
-    shape, 10-60 px in 1280x720 frames) visible in about a quarter of the frames, look-alike distractors
-    everywhere, and reference photos taken from the ground at other scales, angles and lighting. Writes
-    samples/, annotations/annotations.json and splits.json (each video split in time 70/15/15).
+    shape, by default 10-60 px in 1280x720 frames) visible in about a quarter of the frames, look-alike
+    distractors everywhere, and reference photos taken from the ground at other scales, angles and lighting.
+    Writes samples/, annotations/annotations.json and splits.json (each video split in time 70/15/15).
 
     \b
-    Example:
-      refdet data synth --out demo_data --videos 8 --frames 120 --seed 0
+    Examples:
+      refdet data synth --out synth_data --videos 8 --frames 120 --seed 0
+      # the small set of `make demo`: small frames, large targets
+      refdet data synth --out demo_data --videos 6 --frames 100 --frame-size 640x360 --target-size 24-80
     """
     from refdet_edge.data.synth import generate_synthetic
 
     start = time.perf_counter()
     try:
-        generate_synthetic(out, videos=videos, frames=frames, seed=seed, refs=refs, workers=workers)
+        generate_synthetic(
+            out,
+            videos=videos,
+            frames=frames,
+            seed=seed,
+            refs=refs,
+            workers=workers,
+            frame_size=frame_size,
+            target_px=target_size,
+        )
     except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"wrote {videos} videos x {frames} frames to {out} in {time.perf_counter() - start:.1f} s")
+    width, height = frame_size
+    click.echo(
+        f"wrote {videos} videos x {frames} frames of {width}x{height} to {out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+
+
+def _pair(param: click.Parameter, value: str, sep: str, kind: type) -> tuple:
+    """``A<sep>B`` as two positive numbers of ``kind``; a bad value is a one-line usage error."""
+    parts = value.lower().split(sep)
+    try:
+        pair = tuple(kind(p) for p in parts)
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or min(pair) <= 0:
+        raise click.BadParameter(f"expected two positive numbers as A{sep}B, got {value!r}", param=param)
+    return pair
 
 
 def _objects(value: str) -> tuple[str, ...]:

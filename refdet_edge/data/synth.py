@@ -4,7 +4,8 @@ Each video is one target object (a coloured shape with a pattern) filmed by a dr
 turns and changes altitude over procedurally textured terrain (fields, water, forest, roads, roofs). Look-alike
 distractors (the target's shape in another colour, its colour in another shape, its shape and colour with
 another pattern) lie on the ground all the time; the target itself is visible only in a few intervals covering
-about a quarter of the frames (at least 60% of the frames are background), at 10-60 px in a 1280x720 frame.
+about a quarter of the frames (at least 60% of the frames are background), by default at 10-60 px in a 1280x720
+frame (``frame_size`` and ``target_px`` choose others: the demo's small frames with large targets).
 The reference photos show the target from the ground: much larger, tilted in perspective, under other light,
 on another background.
 
@@ -30,6 +31,8 @@ from refdet_edge.data.splits import SPLITS_FILE, save_splits, temporal_splits
 from refdet_edge.preprocess import encode_jpeg
 
 FRAME_SIZE = (1280, 720)
+TARGET_PX = (14.0, 50.0)  # range of the target's long side before rotation, in frame pixels (log-uniform)
+DISTRACTOR_SCALE = (12 / 14, 42 / 50)  # look-alike sizes relative to the ends of the target range
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 JPEG_QUALITY = 90
 SPRITE = 128  # side of the canvas objects are drawn on before being warped into a frame
@@ -239,10 +242,12 @@ def render_terrain(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarr
     return image
 
 
-def _camera_path(rng: np.random.Generator, frames: int, world: tuple[int, int]) -> list[np.ndarray]:
+def _camera_path(
+    rng: np.random.Generator, frames: int, world: tuple[int, int], frame_size: tuple[int, int]
+) -> list[np.ndarray]:
     """Per-frame 2x3 world->frame affine maps of a drone drifting, turning and changing altitude."""
     wh, ww = world
-    fw, fh = FRAME_SIZE
+    fw, fh = frame_size
     margin = 0.5 * math.hypot(fw, fh) / 0.85  # half the frame diagonal at the lowest zoom
     pos = np.array([ww / 2, wh / 2], float)
     heading = rng.uniform(0, 2 * math.pi)
@@ -349,7 +354,15 @@ def _target_specs(rng: np.random.Generator, count: int) -> list[ObjectSpec]:
 
 
 def _render_video(
-    out: Path, video_id: str, spec: ObjectSpec, frames: int, seed: int, index: int, refs: int
+    out: Path,
+    video_id: str,
+    spec: ObjectSpec,
+    frames: int,
+    seed: int,
+    index: int,
+    refs: int,
+    frame_size: tuple[int, int],
+    target_px: tuple[float, float],
 ) -> dict[int, Box]:
     rng = np.random.default_rng([seed, index, 1])
     sample = out / "samples" / video_id
@@ -361,17 +374,26 @@ def _render_video(
 
     world = (2304, 3072)
     terrain = render_terrain(rng, (world[0] // 2, world[1] // 2))  # half resolution: 4x cheaper to draw
-    cameras = _camera_path(rng, frames, world)
+    cameras = _camera_path(rng, frames, world, frame_size)
     half_to_world = np.diag([2.0, 2.0, 1.0])
-    fw, fh = FRAME_SIZE
+    fw, fh = frame_size
+    small, large = target_px
+    edge = 1.2 * large  # keep the target's centre this far inside the frame
     centre = np.array([fw / 2, fh / 2])
     distractors = []
     for look in _look_alikes(rng, spec, int(rng.integers(4, 7))):
         t = int(rng.integers(0, frames))
         where_ = _to_world(cameras[t], centre + rng.uniform(-0.4, 0.4, 2) * (fw, fh))
-        distractors.append((render_sprite(look), where_, rng.uniform(0, 360), rng.uniform(12, 42)))
+        distractors.append(
+            (
+                render_sprite(look),
+                where_,
+                rng.uniform(0, 360),
+                rng.uniform(small * DISTRACTOR_SCALE[0], large * DISTRACTOR_SCALE[1]),
+            )
+        )
 
-    target_size = math.exp(rng.uniform(math.log(14), math.log(50)))
+    target_size = math.exp(rng.uniform(math.log(small), math.log(large)))
     visible_share = rng.uniform(0.2, 0.32)
     placements: dict[int, tuple[np.ndarray, float]] = {}
     split = temporal_splits({video_id: frames}, SPLIT_FRACTIONS)
@@ -383,7 +405,7 @@ def _render_video(
                 for _ in range(30):
                     candidate = _to_world(cameras[mid], centre + rng.uniform(-0.35, 0.35, 2) * (fw, fh))
                     inside = [cameras[t] @ np.append(candidate, 1.0) for t in range(a, b)]
-                    if all(60 < x < fw - 60 and 60 < y < fh - 60 for x, y in inside):
+                    if all(edge < x < fw - edge and edge < y < fh - edge for x, y in inside):
                         pose = (candidate, pose[1])
                         break
                 placements.update({t: pose for t in range(a, b)})
@@ -392,7 +414,7 @@ def _render_video(
     light_phase = rng.uniform(0, 2 * math.pi)
     for t, camera in enumerate(cameras):
         frame = cv2.warpAffine(
-            terrain, camera @ half_to_world, FRAME_SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+            terrain, camera @ half_to_world, frame_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
         )
         for d_sprite, d_xy, d_angle, d_size in distractors:
             if np.all(np.abs(camera @ np.append(d_xy, 1.0) - centre) < centre + 80):
@@ -420,22 +442,33 @@ def generate_synthetic(
     seed: int = 0,
     refs: int = 3,
     workers: int | None = None,
+    frame_size: tuple[int, int] = FRAME_SIZE,
+    target_px: tuple[float, float] = TARGET_PX,
 ) -> Path:
     """Write a synthetic dataset of ``videos`` videos of ``frames`` frames into ``out``; returns ``out``.
 
-    Videos are rendered in ``workers`` processes (default: one per CPU core); the same arguments always give
-    byte-identical files, whatever the number of workers. ``out`` may exist; files it already holds for the
-    same video ids are overwritten.
+    Frames are ``frame_size`` (width, height) pixels; each target's long side is drawn log-uniformly from
+    ``target_px`` (min, max) once per video. Videos are rendered in ``workers`` processes (default: one per
+    CPU core); the same arguments always give byte-identical files, whatever the number of workers. ``out``
+    may exist; files it already holds for the same video ids are overwritten.
     """
     if videos < 1 or frames < 20 or refs < 1:
         raise ValueError(f"need videos >= 1, frames >= 20 and refs >= 1, got {videos}, {frames}, {refs}")
     if videos > len(SHAPES) * len(COLOURS):
         raise ValueError(f"at most {len(SHAPES) * len(COLOURS)} distinct targets, asked for {videos}")
+    small, large = target_px
+    if not 4 <= small <= large:
+        raise ValueError(f"target sizes need 4 <= min <= max, got {small:g}-{large:g} px")
+    if min(frame_size) < 4 * large:
+        raise ValueError(
+            f"frames of {frame_size[0]}x{frame_size[1]} px are too small for {large:g} px targets "
+            f"(each side must be at least 4 x the largest target, {4 * large:g} px)"
+        )
     out = Path(out)
     specs = _target_specs(np.random.default_rng([seed, 0xD5]), videos)
     video_ids = [f"{spec.name}_{index}" for index, spec in enumerate(specs)]
     jobs = [
-        (out, vid, spec, frames, seed, index, refs)
+        (out, vid, spec, frames, seed, index, refs, tuple(frame_size), (float(small), float(large)))
         for index, (vid, spec) in enumerate(zip(video_ids, specs, strict=True))
     ]
     workers = min(videos, workers or os.cpu_count() or 1)
