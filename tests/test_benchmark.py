@@ -126,10 +126,11 @@ def test_decode_yolov8_gives_xyxy_and_scores():
     assert float(scores[0, 0, 7]) == pytest.approx(0.9)
 
 
-def test_train_batches_follow_the_collator_contract():
-    detection, triplet = training_pair.train_batches(64, 56)
+def test_train_batches_are_collated_episodes_and_triplets():
+    detection, mixed = training_pair.train_batches(64, 56)
     episodes, items = training_pair.train_items()
     b = episodes * training_pair.N_QUERY
+    assert detection["batch_type"] == "detection" and mixed["batch_type"] == "mixed"
     assert detection["query_images"].shape == (b, 3, 64, 64)
     assert detection["support_images"].shape == (
         episodes * training_pair.N_WAY,
@@ -138,11 +139,11 @@ def test_train_batches_follow_the_collator_contract():
         56,
         56,
     )
-    assert detection["targets"].shape[1] == 6 and len(detection["targets"]) == int(
-        (~detection["is_background"]).sum()
-    )
-    assert triplet["anchor_images"].shape == (items - episodes, 3, 56, 56)
-    assert bool((triplet["negative_labels"] != triplet["anchor_labels"]).all())
+    assert len(detection["targets"]) == int((~detection["is_background"]).sum()) == b - episodes
+    assert torch.equal(mixed["detection"]["query_images"], detection["query_images"])
+    triplet = mixed["triplet"]
+    assert triplet["triplets"].shape == (items - episodes, 3)
+    assert bool((triplet["query_labels"][triplet["triplets"][:, 2]] == -1).all())  # negatives: background
 
 
 @pytest.mark.parametrize("key", ["detection_vs_yolov8n", "uncached_vs_cached", "features_vs_plain"])

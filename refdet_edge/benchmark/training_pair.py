@@ -23,41 +23,50 @@ def train_items() -> tuple[int, int]:
 
 def train_batches(imgsz: int, support_size: int, seed: int = 0) -> tuple[dict, dict]:
     """A detection batch of :data:`TRAIN_EPISODES` episodes (``refdet train`` defaults: 2-way, 3-shot, 4
-    queries each, one of them a background frame) in the collators' layout, and a triplet batch of as many
-    triplets as ``--triplet-ratio`` :data:`TRIPLET_RATIO` adds to it."""
+    queries each, one of them a background frame) and the mixed batch of those episodes with as many
+    triplets as ``--triplet-ratio`` :data:`TRIPLET_RATIO` adds, made by the training collators from
+    random-image items in the datasets' layout."""
+    from refdet_edge.data.collate import MixedCollator, RefDetCollator
+
     g = torch.Generator().manual_seed(seed)
-    n, b = TRAIN_EPISODES * N_WAY, TRAIN_EPISODES * N_QUERY
-    query_labels, rows = [], []
-    for i in range(b):
-        episode, slot = divmod(i, N_QUERY)
-        if slot == N_QUERY - 1:
-            query_labels.append(-1)
-            continue
-        cls = episode * N_WAY + slot % N_WAY
-        query_labels.append(cls)
+
+    def queries(n: int) -> torch.Tensor:
+        return torch.rand(n, 3, imgsz, imgsz, generator=g)
+
+    def supports(n: int) -> torch.Tensor:
+        return torch.rand(n, K_SHOT, 3, support_size, support_size, generator=g)
+
+    def box(slot: int, episode: int) -> list[float]:
         x, y = (0.2 + 0.15 * slot) * imgsz, (0.3 + 0.1 * episode) * imgsz
-        rows.append([i, cls, x, y, x + imgsz / 16, y + imgsz / 20])
-    detection = {
-        "batch_type": "detection",
-        "query_images": torch.rand(b, 3, imgsz, imgsz, generator=g),
-        "support_images": torch.rand(n, K_SHOT, 3, support_size, support_size, generator=g),
-        "targets": torch.tensor(rows, dtype=torch.float32),
-        "support_labels": torch.arange(n),
-        "query_labels": torch.tensor(query_labels),
-        "is_background": torch.tensor([label < 0 for label in query_labels]),
-    }
-    m = train_items()[1] - TRAIN_EPISODES
-    anchors = torch.arange(m) % n
-    triplet = {
-        "batch_type": "triplet",
-        "anchor_images": torch.rand(m, 3, support_size, support_size, generator=g),
-        "positive_images": torch.rand(m, 3, support_size, support_size, generator=g),
-        "negative_images": torch.rand(m, 3, support_size, support_size, generator=g),
-        "anchor_labels": anchors,
-        "positive_labels": anchors,
-        "negative_labels": torch.full((m,), -1),
-    }
-    return detection, triplet
+        return [x, y, x + imgsz / 16, y + imgsz / 20]
+
+    episodes = []
+    for e in range(TRAIN_EPISODES):
+        labels = [e * N_WAY + slot % N_WAY if slot < N_QUERY - 1 else -1 for slot in range(N_QUERY)]
+        episodes.append(
+            {
+                "kind": "detection",
+                "query_images": queries(N_QUERY),
+                "query_boxes": torch.tensor(
+                    [box(s, e) if lab >= 0 else [0.0] * 4 for s, lab in enumerate(labels)]
+                ),
+                "query_labels": torch.tensor(labels),
+                "support_images": supports(N_WAY),
+                "support_labels": torch.arange(e * N_WAY, (e + 1) * N_WAY),
+            }
+        )
+    triplets = [
+        {
+            "kind": "triplet",
+            "support_images": supports(1),
+            "support_labels": torch.tensor([t % (TRAIN_EPISODES * N_WAY)]),
+            "query_images": queries(2),
+            "query_boxes": torch.tensor([box(t, 0), [0.0] * 4]),
+            "query_labels": torch.tensor([t % (TRAIN_EPISODES * N_WAY), -1]),
+        }
+        for t in range(train_items()[1] - TRAIN_EPISODES)
+    ]
+    return RefDetCollator()(episodes), MixedCollator()([*episodes, *triplets])
 
 
 def _to(batch: Any, device: torch.device) -> Any:
@@ -86,8 +95,8 @@ def build_train_mixed_vs_detection(settings: BenchSettings, side: str, shared: d
     computer = LossComputer(model, spec.loss_weights(TRIPLET_WEIGHT if mixed else 0.0))
     computer.to(settings.torch_device)
     optimizer = torch.optim.AdamW([*groups["main"], *groups["support"]], lr=spec.lr)
-    detection, triplet = _to(train_batches(settings.imgsz, settings.support_size), settings.torch_device)
-    batch = {"batch_type": "mixed", "detection": detection, "triplet": triplet} if mixed else detection
+    detection, mixed_batch = _to(train_batches(settings.imgsz, settings.support_size), settings.torch_device)
+    batch = mixed_batch if mixed else detection
 
     def step():
         optimizer.zero_grad(set_to_none=True)
