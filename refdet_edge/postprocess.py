@@ -33,8 +33,9 @@ def postprocess(
     """Decoded boxes (B, A, 4) xyxy in model-input pixels and probabilities (B, A, N) -> per-frame detections.
 
     Every (anchor, target) pair over ``conf`` is a candidate; NMS runs per target (torchvision
-    ``batched_nms``); the ``max_det`` best survive. With ``infos`` the boxes are mapped back to the
-    original frame's pixels.
+    ``batched_nms``). With ``infos`` the boxes are mapped back to the original frame's pixels (clipped to
+    it). Boxes without area are dropped (a box in the letterbox bars clips to zero height), then the
+    ``max_det`` best survive.
     """
     if boxes.dim() != 3 or scores.dim() != 3 or boxes.shape[:2] != scores.shape[:2] or boxes.shape[2] != 4:
         raise ValueError(
@@ -44,9 +45,11 @@ def postprocess(
     for i in range(boxes.shape[0]):
         anchor, label = (scores[i] > conf).nonzero(as_tuple=True)
         cand_boxes, cand_scores = boxes[i, anchor].float(), scores[i, anchor, label].float()
-        keep = batched_nms(cand_boxes, cand_scores, label, iou)[:max_det]
+        keep = batched_nms(cand_boxes, cand_scores, label, iou)
         kept = cand_boxes[keep]
         if infos is not None:
             kept = infos[i].to_original(kept)
+        area = (kept[:, 2] > kept[:, 0]) & (kept[:, 3] > kept[:, 1])
+        keep, kept = keep[area][:max_det], kept[area][:max_det]
         results.append(FrameDetections(kept, cand_scores[keep], label[keep]))
     return results
