@@ -2,7 +2,8 @@
 
 Both decode one frame at a time (:meth:`iter_frames`), so a full-resolution video is never held in memory.
 A frame that cannot be decoded is yielded as ``None`` (the caller skips and counts it); a video that cannot
-be opened, or that ends before the frame count in its header, raises :class:`DatasetError`.
+be opened, or of which no frame decodes, raises :class:`DatasetError`. A video file is read to its real end:
+the frame count in its header is only a hint, often off for valid files.
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ class FolderFrames:
 
 
 class VideoFileFrames:
-    """An mp4 (or any container OpenCV reads), decoded sequentially."""
+    """An mp4 (or any container OpenCV reads), decoded sequentially to its real end.
+
+    ``num_frames`` is the header's frame count until :meth:`iter_frames` has read the video through, then the
+    number of frames it really holds.
+    """
+
+    RETRIES = 5  # failed reads in a row after which the video has ended (fewer: unreadable frames)
 
     def __init__(self, path: Path, video_id: str):
         self.path, self.video_id = path, video_id
@@ -66,13 +73,15 @@ class VideoFileFrames:
         try:
             ok = capture.isOpened()
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if ok else 0
+            ok = ok and capture.grab()
         finally:
             capture.release()
-        if not ok or count <= 0:
+        if not ok:
             raise DatasetError(
-                f"{where(path, video_id, 'drone_video.mp4')}: unreadable video (OpenCV cannot open it)"
+                f"{where(path, video_id, 'drone_video.mp4')}: unreadable video (OpenCV cannot open it or "
+                "decode its first frame)"
             )
-        self.num_frames = count
+        self.num_frames = max(count, 1)
 
     def signature(self) -> str:
         stat = self.path.stat()
@@ -81,16 +90,25 @@ class VideoFileFrames:
     def iter_frames(self) -> Iterator[tuple[int, np.ndarray | None]]:
         capture = cv2.VideoCapture(str(self.path))
         try:
-            for index in range(self.num_frames):
+            index, failed = 0, 0
+            while failed <= self.RETRIES:
                 ok, frame = capture.read()
                 if not ok:
-                    raise DatasetError(
-                        f"{where(self.path, self.video_id, 'drone_video.mp4')}: truncated or corrupt video: "
-                        f"decoded {index} of the {self.num_frames} frames its header declares"
-                    )
+                    failed += 1
+                    continue
+                for _ in range(failed):  # frames that failed to decode before this one
+                    yield index, None
+                    index += 1
+                failed = 0
                 yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                index += 1
         finally:
             capture.release()
+        if index == 0:
+            raise DatasetError(
+                f"{where(self.path, self.video_id, 'drone_video.mp4')}: no frame could be decoded"
+            )
+        self.num_frames = index
 
 
 def open_frames(sample_dir: Path, video_id: str) -> FolderFrames | VideoFileFrames:
