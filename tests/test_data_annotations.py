@@ -11,6 +11,7 @@ from refdet_edge.data.annotations import (
     boxes_to_intervals,
     intervals_to_boxes,
     load_annotations,
+    load_detections,
     save_annotations,
 )
 
@@ -101,3 +102,63 @@ def test_missing_coordinate_and_duplicate_frame(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="no such file"):
         load_annotations(tmp_path / "nope.json")
+
+
+def detections(*boxes):
+    return [{"video_id": "v0", "detections": [{"bboxes": list(boxes)}]}]
+
+
+def test_prediction_file_scores_are_read_and_a_frame_may_hold_several_boxes(tmp_path):
+    path = write(
+        tmp_path,
+        detections(
+            {"frame": 3, "x1": 1, "y1": 1, "x2": 5, "y2": 5, "score": 0.2},
+            {"frame": 3, "x1": 10, "y1": 10, "x2": 20, "y2": 20, "score": 0.9},
+            {"frame": 4, "x1": 1, "y1": 1, "x2": 5, "y2": 5, "score": 0.5},
+        ),
+    )
+    loaded = load_detections(path)
+    assert loaded.scored
+    assert loaded.boxes == {
+        "v0": {3: [(10.0, 10.0, 20.0, 20.0, 0.9), (1.0, 1.0, 5.0, 5.0, 0.2)], 4: [(1.0, 1.0, 5.0, 5.0, 0.5)]}
+    }
+    save_annotations(tmp_path / "again.json", loaded.boxes, key="detections")
+    assert load_detections(tmp_path / "again.json") == loaded
+
+
+def test_prediction_file_without_scores_counts_each_box_as_one(tmp_path):
+    path = write(tmp_path, detections({"frame": 3, "x1": 1, "y1": 1, "x2": 5, "y2": 5}))
+    loaded = load_detections(path)
+    assert not loaded.scored and loaded.boxes == {"v0": {3: [(1.0, 1.0, 5.0, 5.0, 1.0)]}}
+    assert load_annotations(path, key="detections") == {"v0": {3: (1.0, 1.0, 5.0, 5.0)}}
+
+
+@pytest.mark.parametrize(
+    "boxes, pattern",
+    [
+        (
+            [
+                {"frame": 3, "x1": 1, "y1": 1, "x2": 5, "y2": 5, "score": 0.5},
+                {"frame": 4, "x1": 1, "y1": 1, "x2": 5, "y2": 5},
+            ],
+            r"bboxes\[1\].score': this box lacks a score and an earlier one did not",
+        ),
+        (
+            [
+                {"frame": 3, "x1": 1, "y1": 1, "x2": 5, "y2": 5},
+                {"frame": 3, "x1": 2, "y1": 1, "x2": 5, "y2": 5},
+            ],
+            "frame 3 has two boxes and no scores",
+        ),
+        (
+            [{"frame": 3, "x1": 1, "y1": 1, "x2": 5, "y2": 5, "score": 1.5}],
+            r"score': expected a score in \[0, 1\]",
+        ),
+        ([{"frame": 3, "x1": 1, "y1": 1, "x2": 5, "y2": 5, "score": "high"}], "score': expected a number"),
+    ],
+)
+def test_bad_prediction_scores_name_file_video_field(tmp_path, boxes, pattern):
+    path = write(tmp_path, detections(*boxes))
+    with pytest.raises(DatasetError, match=pattern) as info:
+        load_detections(path)
+    assert str(path) in str(info.value) and "video 'v0'" in str(info.value)

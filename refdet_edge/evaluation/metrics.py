@@ -1,12 +1,13 @@
-"""Metrics of reference-based search in video (DESIGN.md, "Metrics").
+"""Metrics of reference-based search in video.
 
 Inputs are plain Python structures, so the model and a prediction file feed the same code:
 
 - ground truth of one video: ``{frame_index: (x1, y1, x2, y2)}``, at most one target box per frame, in
   original-frame pixels;
 - predictions of one video: ``{frame_index: value}`` where ``value`` is one box ``(x1, y1, x2, y2)`` (score
-  1.0, as read from a prediction file), one scored box ``(x1, y1, x2, y2, score)`` (the output of
-  :mod:`refdet_edge.evaluation.temporal`), or a list / ``(N, 4|5)`` array of such boxes (raw detector output);
+  1.0), one scored box ``(x1, y1, x2, y2, score)`` (the output of :mod:`refdet_edge.evaluation.temporal`),
+  or a list / ``(N, 4|5)`` array of such boxes (raw detector output, or a prediction file as read by
+  :func:`load_predictions`);
 - the number of frames of each video, so that frames without a ground-truth box (background frames) are
   known, and its frame rate.
 
@@ -41,14 +42,15 @@ from refdet_edge.data.annotations import (
     DETECTIONS_KEY,
     Box,
     DatasetError,
-    load_annotations,
+    Predictions,
+    load_detections,
     save_annotations,
     validate_box,
     where,
 )
+from refdet_edge.evaluation.settings import DEFAULT_SCORE_THRESHOLD
 
 DEFAULT_FPS = 25.0
-DEFAULT_SCORE_THRESHOLD = 0.25  # ultralytics' predict default; IoU-aware scores of small targets run low
 MATCH_IOU = 0.5
 SMALL_OBJECT_MAX_SIDE = 32.0
 
@@ -350,18 +352,19 @@ def evaluate(
     }
 
 
-def load_predictions(path: str | Path, video_ids: Iterable[str]) -> dict[str, dict[int, Box]]:
-    """Read a prediction file (challenge schema, key ``"detections"``) that must list exactly ``video_ids``.
+def load_predictions(path: str | Path, video_ids: Iterable[str]) -> Predictions:
+    """Read a prediction file (challenge schema, key ``"detections"``, optional ``"score"`` per box) that must
+    list exactly ``video_ids``.
 
     Raises :class:`~refdet_edge.data.annotations.DatasetError` naming the file and the video when the file
     breaks the schema, names a video that is not in ``video_ids`` or leaves one out.
     """
-    predictions = load_annotations(path, key=DETECTIONS_KEY)
+    predictions = load_detections(path)
     expected = set(video_ids)
-    unknown = sorted(set(predictions) - expected)
+    unknown = sorted(set(predictions.boxes) - expected)
     if unknown:
         raise DatasetError(f"{where(path, unknown[0], 'video_id')}: not a video of the dataset")
-    missing = sorted(expected - set(predictions))
+    missing = sorted(expected - set(predictions.boxes))
     if missing:
         raise DatasetError(
             f"{where(path, missing[0], 'video_id')}: missing (a prediction file lists every video, "
@@ -370,18 +373,21 @@ def load_predictions(path: str | Path, video_ids: Iterable[str]) -> dict[str, di
     return predictions
 
 
-def save_predictions(path: str | Path, pred_by_video: Mapping[str, Mapping[int, object]]) -> Path:
-    """Write one box per frame per video as a prediction file (challenge schema, scores dropped).
+def save_predictions(
+    path: str | Path, pred_by_video: Mapping[str, Mapping[int, object]], every_box: bool = False
+) -> Path:
+    """Write a prediction file with a score per box: each frame's best box (a final output), or with
+    ``every_box`` all of its boxes (a detector's raw output, to post-process later).
 
-    Values may be boxes, scored boxes or lists of them; the highest-scoring box of each frame is written.
-    Every video of ``pred_by_video`` is listed, with an empty list when it has no box.
+    Values may be boxes (score 1.0), scored boxes or lists of them; every video of ``pred_by_video`` is
+    listed, with an empty list when it has no box.
     """
-    boxes = {}
+    out = {}
     for video_id, pred in pred_by_video.items():
         frames = {}
         for frame, value in pred.items():
-            dets = _detections(value, video_id, f"frame {frame}")
+            dets = [(*box, score) for box, score in _detections(value, video_id, f"frame {frame}")]
             if dets:
-                frames[int(frame)] = dets[0][0]
-        boxes[video_id] = frames
-    return save_annotations(path, boxes, key=DETECTIONS_KEY)
+                frames[int(frame)] = dets if every_box else dets[0]
+        out[video_id] = frames
+    return save_annotations(path, out, key=DETECTIONS_KEY)
