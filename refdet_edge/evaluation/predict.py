@@ -1,10 +1,15 @@
 """Streaming prediction of one target in one video: the core of ``refdet predict``.
 
 Frames arrive one at a time from a lazy source and are run through a :class:`~refdet_edge.runtime.Runtime`
-in small batches. With temporal post-processing on, each frame's detections feed a
-:class:`~refdet_edge.evaluation.temporal.SingleTargetTracker`, whose output for a frame is final once
-``max_gap`` more frames have been seen; frames wait in a buffer of that depth (plus one batch) and are then
-handed to ``on_frame`` with their final box. Memory stays bounded whatever the video's length.
+in small batches; each frame's raw detections are kept (a few boxes per frame) and turned into one box per
+frame by the temporal mode:
+
+- ``online``: an :class:`~refdet_edge.evaluation.temporal.OnlineTracker`, whose output for a frame is final
+  once ``delay`` more frames have been seen; frames wait in a buffer of that depth (plus one batch) and are
+  then handed to ``on_frame`` with their final box. Memory stays bounded whatever the video's length.
+- ``off``: each frame's best detection over the threshold, handed on at once.
+- ``offline``: the boxes are known only once the whole video has been seen, so ``on_frame`` is never called
+  (decode the video again to draw them).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refdet_edge.evaluation.temporal import ScoredBox, SingleTargetTracker, TemporalConfig
+from refdet_edge.evaluation.temporal import OnlineTracker, ScoredBox, TemporalConfig, apply_temporal
 from refdet_edge.runtime import Runtime
 
 FrameCallback = Callable[[int, np.ndarray | None, ScoredBox | None], None]
@@ -24,11 +29,15 @@ FrameCallback = Callable[[int, np.ndarray | None, ScoredBox | None], None]
 @dataclass
 class VideoPrediction:
     """What :func:`predict_stream` found: the final box of each frame where the target is reported
-    (original frame index -> ``(x1, y1, x2, y2, score)`` in original pixels), frames read, unreadable frames."""
+    (original frame index -> ``(x1, y1, x2, y2, score)`` in original pixels), every frame's raw detections,
+    frames read, unreadable frames, the frame size and the highest raw score (``None``: no detection)."""
 
     boxes: dict[int, ScoredBox] = field(default_factory=dict)
+    raw: dict[int, list[ScoredBox]] = field(default_factory=dict)
     frames: int = 0
     unreadable: list[int] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+    max_score: float | None = None
 
 
 def predict_stream(
@@ -38,27 +47,29 @@ def predict_stream(
     batch_size: int = 8,
     on_frame: FrameCallback | None = None,
     progress: Callable[[int], None] | None = None,
+    mode: str = "online",
 ) -> VideoPrediction:
-    """Run ``runtime`` (references already set, one target) over ``(index, RGB frame or None)`` pairs given
-    in increasing index order.
+    """Run ``runtime`` (references already set, one target, its ``conf`` at or under
+    ``temporal.keep_threshold``) over ``(index, RGB frame or None)`` pairs in increasing index order.
 
-    Each frame's box is the tracker's output when ``temporal.enabled``, else its highest-scoring detection
-    (the runtime's ``conf`` is the threshold). A frame that is ``None`` or of another size than the first
-    readable one counts as unreadable: no detection, listed in ``unreadable``. ``on_frame(index, frame,
-    box)`` is called for every frame, in order, once its box is final; ``progress(n)`` after each batch.
+    A frame that is ``None`` or of another size than the first readable one counts as unreadable: no
+    detection, listed in ``unreadable``. ``on_frame(index, frame, box)`` is called for every frame, in
+    order, once its box is final (not in ``offline`` mode); ``progress(n)`` after each batch.
     """
+    if mode not in ("online", "offline", "off"):
+        raise ValueError(f"temporal mode: expected online, offline or off, got {mode!r}")
     result = VideoPrediction()
-    tracker: SingleTargetTracker | None = None
-    size: tuple[int, int] | None = None
-    delay = temporal.max_gap if temporal.enabled else 0
+    tracker: OnlineTracker | None = None
+    delay = temporal.delay if mode == "online" else 0
     waiting: deque[tuple[int, np.ndarray | None]] = deque()
     batch: list[tuple[int, np.ndarray | None]] = []
+    callback = None if mode == "offline" else on_frame
 
     def release(up_to: float) -> None:
         while waiting and waiting[0][0] <= up_to:
             index, frame = waiting.popleft()
-            if on_frame is not None:
-                on_frame(index, frame, result.boxes.get(index))
+            if callback is not None:
+                callback(index, frame, result.boxes.get(index))
 
     def run_batch() -> None:
         nonlocal tracker
@@ -74,13 +85,15 @@ def predict_stream(
                 if dets is not None
                 else []
             )
-            if temporal.enabled:
-                if tracker is None and size is not None:
-                    tracker = SingleTargetTracker(temporal, size)
-                if tracker is not None:
-                    result.boxes.update(tracker.update(index, scored))
-            elif scored:
-                result.boxes[index] = max(scored, key=lambda d: d[4])
+            result.raw[index] = scored
+            best = max(scored, key=lambda d: d[4], default=None)
+            if best is not None:
+                result.max_score = max(result.max_score or 0.0, best[4])
+            if mode == "online" and result.size is not None:
+                tracker = tracker or OnlineTracker(temporal, result.size)
+                result.boxes.update(tracker.update(index, scored))
+            elif mode == "off" and best is not None and best[4] >= temporal.score_threshold:
+                result.boxes[index] = best
             waiting.append((index, frame))
             release(index - delay)
         if progress is not None:
@@ -91,8 +104,8 @@ def predict_stream(
         result.frames += 1
         if frame is not None:
             frame_size = (frame.shape[1], frame.shape[0])
-            size = size or frame_size
-            if frame_size != size:
+            result.size = result.size or frame_size
+            if frame_size != result.size:
                 frame = None
         if frame is None:
             result.unreadable.append(index)
@@ -101,5 +114,9 @@ def predict_stream(
             run_batch()
     if batch:
         run_batch()
+    if tracker is not None:
+        result.boxes.update(tracker.finish())
+    if mode == "offline":
+        result.boxes = apply_temporal(result.raw, "offline", temporal, result.size, frames=result.raw)
     release(float("inf"))
     return result

@@ -3,13 +3,14 @@
 Each video is searched for its own target: its reference photos are encoded once (``set_references``), then
 every frame of the split goes through the per-frame path. Raw detections (low threshold, several per frame)
 give mAP, precision/recall and false positives; the temporal post-processing of
-:mod:`refdet_edge.evaluation.temporal` turns them into at most one box per frame for ST-IoU.
+:mod:`refdet_edge.evaluation.temporal`, online and offline, turns them into at most one box per frame. The
+three are scored side by side as the stages ``raw``, ``online`` and ``offline``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from refdet_edge.postprocess import postprocess
 from refdet_edge.preprocess import preprocess_images
 
 ScoredBoxes = list[tuple[float, float, float, float, float]]
+STAGES = ("raw", "online", "offline")
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,18 @@ class ValidatorConfig:
     """How the model is run for evaluation."""
 
     batch_size: int = 8
-    conf: float = 0.01  # low, so that mAP sees the whole precision-recall curve
+    raw_conf: float = 0.01  # the raw cut: low, so that mAP sees the whole precision-recall curve
     iou: float = 0.5
     max_det: int = 10
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD  # operating point of precision, recall, F1, FPs
-    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD  # operating point of precision, recall, F1, FPs, tracks
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)  # its score_threshold is replaced
     fps: float = 25.0
     frame_stride: int = 1  # score every k-th frame of the split (a faster check during training)
+
+    @property
+    def tracking(self) -> TemporalConfig:
+        """The temporal settings at this operating point."""
+        return replace(self.temporal, score_threshold=self.score_threshold)
 
 
 def scored_frames(video: VideoRecord, stride: int = 1) -> tuple[int, ...]:
@@ -71,7 +78,7 @@ def predict_video(
             )
             det = model(batch.to(device))
             frames = postprocess(
-                det["boxes"], det["pred_scores"].sigmoid(), infos, config.conf, config.iou, config.max_det
+                det["boxes"], det["pred_scores"].sigmoid(), infos, config.raw_conf, config.iou, config.max_det
             )
             for index, found in zip(indices, frames, strict=True):
                 boxes = (found.boxes / video.cached.scale).cpu().numpy()
@@ -102,8 +109,8 @@ class Validator:
     def __call__(
         self, model: RefDetModel, progress: Callable[[int], None] | None = None
     ) -> tuple[dict, dict[str, dict[int, ScoredBoxes]]]:
-        """``(metrics, raw detections per video)``; metrics hold ``raw`` (every detection) and ``temporal``
-        (after temporal post-processing) results of :func:`~refdet_edge.evaluation.metrics.evaluate`."""
+        """``(metrics, raw detections per video)``; metrics hold one result of
+        :func:`~refdet_edge.evaluation.metrics.evaluate` per stage of :data:`STAGES` (see :meth:`score`)."""
         was_training = model.training
         model.eval()
         raw: dict[str, dict[int, ScoredBoxes]] = {}
@@ -114,34 +121,33 @@ class Validator:
             model.train(was_training)
         return self.score(raw), raw
 
-    def final_boxes(self, video: VideoRecord, raw: dict[int, ScoredBoxes]) -> dict[int, ScoredBox]:
-        """The final box per scored frame of ``video`` (original indices) from its raw detections: the temporal
-        post-processing (on split positions) when enabled, else the highest-scoring detection; only boxes with
-        ``score >= score_threshold``. What the temporal metrics score and what a prediction file holds."""
+    def final_boxes(self, video: VideoRecord, raw: dict[int, ScoredBoxes], mode: str) -> dict[int, ScoredBox]:
+        """The final box per scored frame of ``video`` (original frame indices) from its raw detections (those
+        of other frames are left out), by the temporal ``mode`` (``off``: each frame's best detection over the
+        threshold). What the stages score and
+        what a prediction file holds."""
         cfg = self.config
-        if cfg.temporal.enabled:
-            frames = scored_frames(video, cfg.frame_stride)
-            smoothed = apply_temporal(
-                positions(video, raw, cfg.frame_stride), cfg.temporal, video.cached.orig_size
-            )
-            boxes = {frames[p]: box for p, box in smoothed.items()}
-        else:
-            boxes = {f: max(dets, key=lambda d: d[4]) for f, dets in raw.items() if dets}
-        return {f: box for f, box in sorted(boxes.items()) if box[4] >= cfg.score_threshold}
+        frames = scored_frames(video, cfg.frame_stride)
+        scored = set(frames)
+        dets = {f: d for f, d in raw.items() if f in scored}
+        return apply_temporal(dets, mode, cfg.tracking, video.cached.orig_size, frames=frames)
 
     def score(self, raw: dict[str, dict[int, ScoredBoxes]]) -> dict:
-        """Metrics of raw per-frame detections (original frame indices) of this split's videos: ``raw`` (every
-        detection) and ``temporal`` (the :meth:`final_boxes`)."""
+        """Metrics of raw per-frame detections (original frame indices) of this split's videos, per stage:
+        ``raw`` (every detection; ST-IoU from each frame's best), ``online`` and ``offline`` (the
+        :meth:`final_boxes` of that temporal mode)."""
         cfg = self.config
         videos = {v.video_id: v for v in self.dataset.videos}
         k = cfg.frame_stride
         gt = {vid: positions(v, v.boxes, k) for vid, v in videos.items()}
         frames = {vid: len(scored_frames(v, k)) for vid, v in videos.items()}
-        raw_pos = {vid: positions(videos[vid], dets, k) for vid, dets in raw.items()}
-        final = {
-            vid: positions(videos[vid], self.final_boxes(videos[vid], dets), k) for vid, dets in raw.items()
-        }
+        by_stage = {"raw": {vid: positions(videos[vid], dets, k) for vid, dets in raw.items()}}
+        for mode in STAGES[1:]:
+            by_stage[mode] = {
+                vid: positions(videos[vid], self.final_boxes(videos[vid], dets, mode), k)
+                for vid, dets in raw.items()
+            }
         return {
-            "raw": evaluate(gt, raw_pos, frames, cfg.fps / k, cfg.score_threshold),
-            "temporal": evaluate(gt, final, frames, cfg.fps / k, cfg.score_threshold),
+            stage: evaluate(gt, pred, frames, cfg.fps / k, cfg.score_threshold)
+            for stage, pred in by_stage.items()
         }
