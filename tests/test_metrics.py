@@ -271,11 +271,30 @@ def test_prediction_file_round_trip_scores_one_against_itself(tmp_path):
     gt = {"a": {**track(range(3, 9)), **track(range(20, 24), SHIFTED)}, "b": {}}
     pred = {"a": {f: [(*b, 0.9), (*FAR, 0.2)] for f, b in gt["a"].items()}, "b": {}}
     path = save_predictions(tmp_path / "predictions.json", pred)
-    assert json.loads(path.read_text())[1] == {"video_id": "b", "detections": []}
+    data = json.loads(path.read_text())
+    assert data[1] == {"video_id": "b", "detections": []}
+    assert data[0]["detections"][0]["bboxes"][0] == {
+        "frame": 3,
+        "x1": 100,
+        "y1": 100,
+        "x2": 140,
+        "y2": 140,
+        "score": 0.9,
+    }
     loaded = load_predictions(path, ["a", "b"])
-    result = evaluate(gt, loaded, {"a": 30, "b": 30})
+    assert loaded.scored and loaded.boxes["a"][3] == [(*BOX, 0.9)]  # the best box of each frame
+    result = evaluate(gt, loaded.boxes, {"a": 30, "b": 30})
     assert result["overall"]["st_iou"] == 1.0
     assert result["overall"]["map50"] == pytest.approx(1.0)
+
+
+def test_raw_prediction_file_keeps_every_box_and_its_score(tmp_path):
+    gt = {"a": track(range(3, 9))}
+    pred = {"a": {f: [(*FAR, 0.2), (*BOX, 0.9)] for f in gt["a"]}}
+    path = save_predictions(tmp_path / "raw.json", pred, every_box=True)
+    loaded = load_predictions(path, ["a"])
+    assert loaded.boxes["a"][3] == [(*BOX, 0.9), (*FAR, 0.2)]  # best first
+    assert evaluate(gt, loaded.boxes, {"a": 30}) == evaluate(gt, pred, {"a": 30})
 
 
 def test_prediction_file_with_unknown_or_missing_video_names_file_and_video(tmp_path):
@@ -300,17 +319,66 @@ def test_plots_write_pngs_from_evaluate_output(tmp_path):
     gt, pred, num_frames = random_scenario(2)
     result = evaluate(gt, pred, num_frames)
     overall = result["overall"]
+    per_video = {v: m["st_iou"] for v, m in result["per_video"].items()}
     paths = [
-        plot_pr_curve(result["pr_curve"], tmp_path / "pr.png", (overall["recall"], overall["precision"])),
-        plot_st_iou_per_video({v: m["st_iou"] for v, m in result["per_video"].items()}, tmp_path / "st.png"),
+        plot_pr_curve(
+            result["pr_curve"], tmp_path / "pr.png", operating_point=(overall["recall"], overall["precision"])
+        ),
+        plot_st_iou_per_video({"raw": per_video, "offline": per_video}, tmp_path / "st.png"),
         plot_timeline(
             gt["vid_0"],
             {f: max(d, key=lambda b: b[4]) for f, d in pred["vid_0"].items()},
-            60,
+            range(60),
             tmp_path / "t/0.png",
         ),
-        plot_timeline({}, {}, 0, tmp_path / "empty.png"),
+        plot_timeline({}, {}, [], tmp_path / "empty.png"),
     ]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert imread(path).shape[0] > 100
+
+
+def texts(fig):
+    ax = fig.axes[0]
+    return [t.get_text() for t in ax.texts]
+
+
+def test_st_iou_bars_carry_their_values_and_zero_stays_visible():
+    from refdet_edge.evaluation.plots import st_iou_figure
+
+    fig = st_iou_figure({"raw": {"a": 0.5, "b": 0.0}, "online": {"a": 0.625, "b": 0.25}})
+    assert texts(fig) == ["0.50", "0.00", "0.62", "0.25"]
+    zero_bar = fig.axes[0].patches[1]
+    assert zero_bar.get_height() == 0.0 and zero_bar.get_linewidth() > 0  # an outline on the axis
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "raw (mean 0.250)",
+        "online (mean 0.438)",
+    ]
+
+
+def test_pr_curve_names_its_ap_and_says_when_there_is_nothing_to_draw():
+    from refdet_edge.evaluation.plots import pr_curve_figure
+
+    gt, pred, num_frames = random_scenario(2)
+    result = evaluate(gt, pred, num_frames)
+    ap = result["overall"]["map50"]
+    fig = pr_curve_figure(result["pr_curve"], ap=ap, detections=10)
+    assert f"AP50 {ap:.3f}" in fig.axes[0].get_title()
+    assert f"AP50 {ap:.3f}" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert texts(fig) == []
+    empty = evaluate({"a": track(range(5))}, {"a": {}}, {"a": 10})
+    assert texts(pr_curve_figure(empty["pr_curve"], ap=0.0, detections=0)) == ["no detections"]
+    wrong = evaluate({"a": track(range(5))}, {"a": {1: [(*FAR, 0.9)]}}, {"a": 10})
+    assert texts(pr_curve_figure(wrong["pr_curve"], detections=1)) == ["no correct detection at IoU 0.5"]
+
+
+def test_timeline_runs_in_the_videos_own_frame_numbers():
+    from refdet_edge.evaluation.plots import timeline_figure
+
+    frames = range(850, 1000)
+    fig = timeline_figure(track(range(900, 920)), {f: (*BOX, 0.9) for f in range(905, 930)}, frames)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (850, 1000)
+    starts = sorted(path.vertices[:, 0].min() for c in ax.collections for path in c.get_paths())
+    assert starts == [900, 905, 920]  # ground truth from 900; hits from 905, false positives from 920
+    assert texts(timeline_figure(track(range(900, 920)), {}, frames)) == ["no detections"]

@@ -1,42 +1,48 @@
 """``refdet eval`` (score a model or a prediction file on a dataset split) and ``refdet predict`` (find one
-target in a video, or every target of a dataset, and write prediction file, CSV and annotated video)."""
+target in a video, or every target of a dataset). Only the command line lives here: the work is done by
+:mod:`refdet_edge.evaluation.eval_run` and :mod:`refdet_edge.evaluation.predict_run`, imported inside the
+commands so that ``--help`` stays fast."""
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
 
-from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD
-from refdet_edge.runtime import BACKENDS
+from refdet_edge.evaluation.settings import DEFAULT_SCORE_THRESHOLD, MODES, RAW_CONF, TemporalConfig
 
-SPLITS = ("train", "val", "test", "all")
-MAX_DET = 10
+SPLITS = ("train", "val", "test", "seen", "all")
+BACKENDS = ("torch", "onnx", "trt")  # those of refdet_edge.runtime (not imported here: it imports torch)
+DELAY = TemporalConfig().delay
 
-EVAL_EPILOG = """Examples:
+TEMPORAL_HELP = (
+    f"online: each frame's box is final {DELAY} frames later (bounded latency, for a live system); offline: "
+    "the whole video is known before any box is chosen (for scoring and a prediction file); off: each "
+    "frame's best detection over --conf."
+)
 
-\b
-  refdet eval --weights runs/s3/best.pt --data demo_data --split val --out runs/eval
-  refdet eval --weights best.pt --data sot_data --split test --no-temporal
-  refdet eval --predictions runs/predict/predictions.json --data demo_data --split all
-"""
-
-PREDICT_EPILOG = """Examples:
+EVAL_EPILOG = """Examples (on `refdet data synth --out demo_data` and a model trained on it):
 
 \b
-  refdet predict --weights best.pt --refs img_1.jpg --refs img_2.jpg --refs img_3.jpg \\
-      --video flight.mp4 --out runs/predict
-  refdet predict --weights best.pt --refs demo_data/samples/Backpack_0/object_images \\
-      --video demo_data/samples/Backpack_0/frames --out runs/predict --no-save-video
-  refdet predict --backend onnx --model export/ --data demo_data --split val --out runs/predict_val
+  refdet eval --weights runs/demo/stage3/best.pt --data demo_data --split val --out runs/eval
+  refdet eval --predictions runs/eval/raw_predictions.json --data demo_data --split val \\
+      --temporal online --save-predictions runs/eval/online.json --out runs/eval_online
+  refdet eval --predictions runs/predict_val/predictions.json --data demo_data --split val --out runs/eval_file
 """
 
+PREDICT_EPILOG = """Examples (on `refdet data synth --out demo_data` and a model trained on it):
 
-def _split(name: str) -> str | None:
-    return None if name == "all" else name
+\b
+  refdet predict --weights runs/demo/stage3/best.pt --refs demo_data/samples/white_cross_0/object_images \\
+      --video demo_data/samples/white_cross_0/frames --out runs/predict --no-save-video
+  refdet predict --weights runs/demo/stage3/best.pt --refs demo_data/samples/lime_ring_1/object_images/img_1.jpg \\
+      --refs demo_data/samples/lime_ring_1/object_images/img_2.jpg --video demo_data/samples/lime_ring_1/frames \\
+      --temporal offline --out runs/predict_lime_ring
+  refdet predict --weights runs/demo/stage3/best.pt --data demo_data --split val --out runs/predict_val \\
+      --no-save-video
+  refdet predict --backend onnx --model export/ --data demo_data --split val --out runs/predict_val_onnx
+"""
 
 
 def _fail(err: Exception) -> click.ClickException:
@@ -50,7 +56,8 @@ def _fail(err: Exception) -> click.ClickException:
 @click.option(
     "--predictions",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Instead of --weights: a prediction file (challenge schema) listing exactly the split's videos.",
+    help="Instead of --weights: a prediction file listing exactly the split's videos: a final output, or a "
+    'detector\'s raw output with a "score" per box (several boxes per frame).',
 )
 @click.option(
     "--data", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset root folder."
@@ -67,23 +74,32 @@ def _fail(err: Exception) -> click.ClickException:
 )
 @click.option(
     "--conf",
-    default=0.01,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Lowest raw detection score kept.",
-)
-@click.option(
     "--score-threshold",
+    "conf",
     default=DEFAULT_SCORE_THRESHOLD,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Operating point: ST-IoU, precision, recall, false positives and the temporal tracker use it.",
+    help="Operating point: the score a box needs for ST-IoU, precision, recall and false positives, and to "
+    "start a track.",
 )
 @click.option(
-    "--temporal/--no-temporal",
-    default=True,
+    "--raw-conf",
+    default=RAW_CONF,
     show_default=True,
-    help="Temporal post-processing of the output.",
+    type=click.FloatRange(0, 1),
+    help="Raw cut (with --weights): the lowest detection score kept for mAP and for the tracks.",
+)
+@click.option(
+    "--temporal",
+    type=click.Choice(MODES),
+    default=None,
+    help=f"The final output (written, and whose rates are shown); every mode is scored. {TEMPORAL_HELP}  "
+    "[default: offline with --weights, off with --predictions]",
+)
+@click.option(
+    "--save-predictions",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where the final output goes (prediction file, a score per box).  [default: OUT/predictions.json]",
 )
 @click.option(
     "--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Frames per forward pass."
@@ -103,8 +119,9 @@ def eval_command(
     split: str,
     out: Path,
     conf: float,
-    score_threshold: float,
-    temporal: bool,
+    raw_conf: float,
+    temporal: str | None,
+    save_predictions: Path | None,
     batch_size: int,
     device: str | None,
     fps: float,
@@ -112,101 +129,40 @@ def eval_command(
     """Score a model (--weights) or a prediction file (--predictions) on a dataset split.
 
     \b
-    Prints a table, overall and per video: ST-IoU of the raw detections and after temporal post-processing,
-    mAP@0.5 and mAP@0.5:0.95, precision, recall, F1, false positives per background frame and per minute,
-    and recall of small objects. Writes to --out:
-      metrics.json          {"data", "split", "weights" | "predictions", "settings", "final",
-                             "raw", "temporal" (model) | "file" (prediction file)}: every metric, per video
-                             and overall, of each stage; "final" names the stage of the written output
-      predictions.json      the model's final boxes (challenge schema, every video listed; model only)
-      pr_curve.png          precision-recall at IoU 0.5 with the operating point
-      st_iou_per_video.png  ST-IoU of each video (final stage)
-      timelines/<video>.png ground-truth presence against predicted presence along the split's frames
+    Prints the split's kind (unseen objects, later frames or all frames) and a table, overall and per
+    video: ST-IoU raw (each frame's best detection), online and offline (temporal post-processing) side by
+    side, mAP@0.5 and mAP@0.5:0.95 of the raw detections, and for the final output precision, recall, F1,
+    false positives per background frame and per minute, and recall of small objects. Writes to --out:
+      metrics.json          {"data", "split", "split_kind", "weights" | "predictions", "scored",
+                             "raw_detections", "settings", "final", "raw", "online", "offline"}: every
+                             metric, per video and overall, of each stage; "final" names the written one
+      predictions.json      the final output (every video listed, a score per box)
+      raw_predictions.json  with --weights: every raw detection with its score, to re-run the temporal
+                            modes with --predictions, without the model
+      pr_curve.png          precision-recall of the raw detections, its AP and the operating point
+      st_iou_per_video.png  ST-IoU of each video in each stage
+      timelines/<video>.png ground-truth presence against the final output, in the video's frame numbers
     """
-    from refdet_edge.evaluation.report import TIMELINES_DIR, format_table
+    from refdet_edge.evaluation.eval_run import EvalSettings, eval_file, eval_model
+    from refdet_edge.evaluation.report import PREDICTIONS_FILE, TIMELINES_DIR, format_table
 
     if (weights is None) == (predictions is None):
         raise click.UsageError("give either --weights (run a model) or --predictions (score a file)")
-    settings = {"score_threshold": score_threshold, "fps": fps}
+    mode = temporal or ("offline" if weights is not None else "off")
+    settings = EvalSettings(conf=conf, raw_conf=raw_conf, temporal=mode, fps=fps, batch_size=batch_size)
+    target = save_predictions or out / PREDICTIONS_FILE
     try:
         if weights is not None:
-            stages, paths = _eval_model(
-                weights, data, split, out, conf, settings, temporal, batch_size, device
-            )
+            result = eval_model(weights, data, split, out, settings, target, device)
         else:
-            stages, paths = _eval_file(predictions, data, split, out, settings)
+            result = eval_file(predictions, data, split, out, settings, target)
     except (ValueError, OSError) as err:
         raise _fail(err) from None
-    click.echo(format_table(stages))
-    timelines = [p for p in paths if p.parent.name == TIMELINES_DIR]
-    named = ", ".join(p.name for p in paths if p not in timelines)
+    click.echo(f"split {split}: {result.split_kind}")
+    click.echo(format_table(result.stages, result.final, result.scored))
+    timelines = [p for p in result.paths if p.parent.name == TIMELINES_DIR]
+    named = ", ".join(str(p) if p.parent != out else p.name for p in result.paths if p not in timelines)
     click.echo(f"wrote to {out}: {named}, {len(timelines)} timeline(s) in {TIMELINES_DIR}/")
-
-
-def _eval_model(
-    weights: Path,
-    data: Path,
-    split: str,
-    out: Path,
-    conf: float,
-    settings: dict,
-    temporal: bool,
-    batch_size: int,
-    device: str | None,
-) -> tuple[dict, list[Path]]:
-    from tqdm import tqdm
-
-    from refdet_edge import runtime
-    from refdet_edge.data.dataset import DroneDataset
-    from refdet_edge.evaluation.metrics import save_predictions
-    from refdet_edge.evaluation.report import PREDICTIONS_FILE, write_report
-    from refdet_edge.evaluation.temporal import TemporalConfig
-    from refdet_edge.evaluation.validator import Validator, ValidatorConfig
-
-    model = runtime.load(weights, "torch", device=device).model
-    dataset = DroneDataset(data, _split(split), cache_size=model.config.imgsz)
-    threshold = settings["score_threshold"]
-    config = ValidatorConfig(
-        batch_size=batch_size,
-        conf=conf,
-        max_det=MAX_DET,
-        score_threshold=threshold,
-        temporal=TemporalConfig(enabled=temporal, score_threshold=threshold),
-        fps=settings["fps"],
-    )
-    with tqdm(total=dataset.num_frames, unit="frame", desc="eval", dynamic_ncols=True) as bar:
-        validator = Validator(dataset, config)
-        metrics, raw = validator(model, progress=bar.update)
-    stages = {"raw": metrics["raw"], **({"temporal": metrics["temporal"]} if temporal else {})}
-    final = {v.video_id: validator.final_boxes(v, raw[v.video_id]) for v in dataset.videos}
-    predictions_path = save_predictions(out / PREDICTIONS_FILE, final)
-    header = {
-        "data": str(data),
-        "split": split,
-        "weights": str(weights),
-        "settings": {
-            **settings,
-            "conf": conf,
-            "max_det": MAX_DET,
-            "imgsz": model.config.imgsz,
-            "temporal": dataclasses.asdict(config.temporal) if temporal else None,
-        },
-    }
-    return stages, [*write_report(out, header, stages, dataset, final), predictions_path]
-
-
-def _eval_file(
-    predictions: Path, data: Path, split: str, out: Path, settings: dict
-) -> tuple[dict, list[Path]]:
-    from refdet_edge.data.dataset import DroneDataset
-    from refdet_edge.evaluation.metrics import load_predictions
-    from refdet_edge.evaluation.report import score_file, write_report
-
-    dataset = DroneDataset(data, _split(split), check_references=False)
-    boxes = load_predictions(predictions, [v.video_id for v in dataset.videos])
-    stages = {"file": score_file(dataset, boxes, predictions, settings["fps"], settings["score_threshold"])}
-    header = {"data": str(data), "split": split, "predictions": str(predictions), "settings": settings}
-    return stages, write_report(out, header, stages, dataset, boxes)
 
 
 def _reference_files(refs: Iterable[Path]) -> list[Path]:
@@ -223,52 +179,6 @@ def _reference_files(refs: Iterable[Path]) -> list[Path]:
         else:
             files.append(ref)
     return files
-
-
-def save_csv(path: Path, boxes: Mapping[int, tuple[float, ...]]) -> Path:
-    """One row per frame with a box: ``frame, x1, y1, x2, y2, score`` (original pixels, 3 decimals)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["frame", "x1", "y1", "x2", "y2", "score"])
-        for frame, box in sorted(boxes.items()):
-            writer.writerow([frame, *(round(float(v), 3) for v in box[:5])])
-    return path
-
-
-def _predict_one(rt, video_id: str, source, frames, total: int, out: Path, options: dict):
-    """Stream one video through the runtime; write ``<video_id>.csv`` and, if asked, ``<video_id>.mp4``."""
-    from contextlib import nullcontext
-
-    from tqdm import tqdm
-
-    from refdet_edge.data.annotations import DatasetError, where
-    from refdet_edge.evaluation.predict import predict_stream
-    from refdet_edge.evaluation.video_io import AnnotatedVideoWriter, frame_rate
-
-    writer = (
-        AnnotatedVideoWriter(out / f"{video_id}.mp4", frame_rate(source, options["fps"]))
-        if options["save_video"]
-        else None
-    )
-    with tqdm(total=total, unit="frame", desc=video_id, dynamic_ncols=True) as bar, writer or nullcontext():
-        result = predict_stream(
-            rt,
-            frames,
-            options["temporal"],
-            options["batch_size"],
-            on_frame=None if writer is None else lambda _i, frame, box: writer.write(frame, box),
-            progress=bar.update,
-        )
-    if result.frames == len(result.unreadable):
-        raise DatasetError(f"{where(source.location, video_id, 'frames')}: no frame could be decoded")
-    if result.unreadable:
-        click.echo(
-            f"{source.location}: {len(result.unreadable)} unreadable frame(s) skipped (first: {result.unreadable[0]})",
-            err=True,
-        )
-    save_csv(out / f"{video_id}.csv", result.boxes)
-    return result
 
 
 @click.command("predict", epilog=PREDICT_EPILOG)
@@ -308,13 +218,15 @@ def _predict_one(rt, video_id: str, source, frames, total: int, out: Path, optio
     default=DEFAULT_SCORE_THRESHOLD,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Score a detection needs.",
+    help="Operating point: the score a detection needs to start a track (or, with --temporal off, to be "
+    "reported); weaker ones down to a fraction of it only continue a track.",
 )
 @click.option(
-    "--temporal/--no-temporal",
-    default=True,
+    "--temporal",
+    type=click.Choice(MODES),
+    default="online",
     show_default=True,
-    help="One box per frame, Kalman smoothing, hysteresis; off: each frame's best detection.",
+    help=f"Temporal post-processing, one box per frame. {TEMPORAL_HELP}",
 )
 @click.option(
     "--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Frames per forward pass."
@@ -339,7 +251,7 @@ def predict(
     split: str,
     out: Path,
     conf: float,
-    temporal: bool,
+    temporal: str,
     batch_size: int,
     device: str | None,
     fps: float,
@@ -349,14 +261,16 @@ def predict(
 
     \b
     Decodes the video lazily and writes to --out:
-      predictions.json   boxes per frame (challenge schema, key "detections"; every video listed)
+      predictions.json   boxes per frame with their score (key "detections"; every video listed)
       <video_id>.csv     frame, x1, y1, x2, y2, score (original pixels, one row per frame with a box)
       <video_id>.mp4     the video with the boxes drawn (OpenCV mp4v)
+    A video without any box says why (the highest score seen against --conf).
     """
     from refdet_edge import runtime
     from refdet_edge.evaluation.metrics import save_predictions
+    from refdet_edge.evaluation.predict_run import PredictOptions
     from refdet_edge.evaluation.report import PREDICTIONS_FILE
-    from refdet_edge.evaluation.temporal import TemporalConfig
+    from refdet_edge.evaluation.settings import MAX_DET
 
     if backend == "torch" and (weights is None or model_dir is not None):
         raise click.UsageError("--backend torch runs a checkpoint: give --weights (not --model)")
@@ -368,32 +282,45 @@ def predict(
         raise click.UsageError("--video needs the target's reference photos: --refs IMG (repeatable)")
     if data is not None and (refs or video_id):
         raise click.UsageError("--data uses each video's own object_images/: drop --refs and --video-id")
-    options = {
-        "temporal": TemporalConfig(enabled=temporal, score_threshold=conf),
-        "batch_size": batch_size,
-        "fps": fps,
-        "save_video": save_video,
-    }
+    options = PredictOptions(temporal, TemporalConfig(score_threshold=conf), batch_size, fps, save_video)
+    raw_conf = min(RAW_CONF, options.temporal.keep_threshold)
 
     def load_runtime():
-        return runtime.load(weights or model_dir, backend, device=device, conf=conf, max_det=MAX_DET)
+        return runtime.load(weights or model_dir, backend, device=device, conf=raw_conf, max_det=MAX_DET)
 
     try:
         if video is not None:
-            boxes = _predict_file(load_runtime, video, video_id, refs, out, options)
+            results = _predict_file(load_runtime, video, video_id, refs, out, options)
         else:
-            boxes = _predict_dataset(load_runtime(), data, split, out, options)
-        path = save_predictions(out / PREDICTIONS_FILE, boxes)
+            results = _predict_dataset(load_runtime(), data, split, out, options)
+        path = save_predictions(out / PREDICTIONS_FILE, {vid: r.boxes for vid, r in results.items()})
     except (ValueError, OSError) as err:
         raise _fail(err) from None
-    found = sum(len(b) for b in boxes.values())
-    click.echo(f"{len(boxes)} video(s), {found} frame(s) with the target: {path} (+ .csv, .mp4 per video)")
+    _report(results, conf, raw_conf)
+    found = sum(len(r.boxes) for r in results.values())
+    extras = ".csv, .mp4" if save_video else ".csv"
+    click.echo(f"{len(results)} video(s), {found} frame(s) with the target: {path} (+ {extras} per video)")
 
 
-def _predict_file(load_runtime, video: Path, video_id: str | None, refs, out: Path, options: dict) -> dict:
+def _report(results: dict, conf: float, raw_conf: float) -> None:
+    """One line per video with unreadable frames, and per video where nothing was found, saying why."""
+    from refdet_edge.evaluation.predict_run import nothing_found
+
+    for video_id, result in results.items():
+        if result.unreadable:
+            click.echo(
+                f"{video_id}: {len(result.unreadable)} unreadable frame(s) skipped (first: {result.unreadable[0]})",
+                err=True,
+            )
+        if not result.boxes:
+            click.echo(f"{video_id}: {nothing_found(result, conf, raw_conf)}", err=True)
+
+
+def _predict_file(load_runtime, video: Path, video_id: str | None, refs, out: Path, options) -> dict:
     """Check the video and the references before ``load_runtime()`` loads the model, so bad input fails fast."""
     from refdet_edge.data.annotations import validate_video_id
     from refdet_edge.data.dataset import read_reference
+    from refdet_edge.evaluation.predict_run import predict_video
     from refdet_edge.evaluation.video_io import open_video, video_id_of
 
     video_id = validate_video_id(video_id, "--video-id") if video_id else video_id_of(video)
@@ -401,22 +328,24 @@ def _predict_file(load_runtime, video: Path, video_id: str | None, refs, out: Pa
     references = [read_reference(path, video_id) for path in _reference_files(refs)]
     rt = load_runtime()
     rt.set_references(references)
-    result = _predict_one(rt, video_id, source, source.iter_frames(), source.num_frames, out, options)
-    return {video_id: result.boxes}
+    return {
+        video_id: predict_video(rt, video_id, source, source.iter_frames(), source.num_frames, out, options)
+    }
 
 
-def _predict_dataset(rt, data: Path, split: str, out: Path, options: dict) -> dict:
+def _predict_dataset(rt, data: Path, split: str, out: Path, options) -> dict:
     from refdet_edge.data.dataset import DroneDataset
     from refdet_edge.data.video import open_frames
+    from refdet_edge.evaluation.predict_run import predict_video
 
-    dataset = DroneDataset(data, _split(split), cache_size=rt.imgsz)
-    boxes = {}
+    dataset = DroneDataset(data, None if split == "all" else split, cache_size=rt.imgsz)
+    results = {}
     for video in dataset.videos:
         rt.set_references(dataset.load_references(video))
         source = open_frames(video.sample_dir, video.video_id)
         keep = set(video.frames)
         frames = ((i, frame) for i, frame in source.iter_frames() if i in keep)
-        boxes[video.video_id] = _predict_one(
-            rt, video.video_id, source, frames, len(keep), out, options
-        ).boxes
-    return boxes
+        results[video.video_id] = predict_video(
+            rt, video.video_id, source, frames, len(keep), out, options, keep=keep.__contains__
+        )
+    return results
