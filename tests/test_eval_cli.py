@@ -313,3 +313,13 @@ def test_help_examples_run_on_synth_data(checkpoint, synth_root, tmp_path):
         assert result.exit_code == 0, (args, result.output)
         ran += 1
     assert ran == 6
+
+
+def test_a_split_without_videos_is_named(tmp_path):
+    perfect_dataset(tmp_path)
+    (tmp_path / "splits.json").write_text(json.dumps({"train": [{"video_id": "square_0"}]}))
+    predictions = save_annotations(tmp_path / "p.json", {"square_0": {}}, key=DETECTIONS_KEY)
+    result = invoke(
+        "eval", "--predictions", predictions, "--data", tmp_path, "--split", "val", "--out", tmp_path
+    )
+    assert result.exit_code == 1 and "splits.json: field 'val': the split holds no video" in result.output

@@ -299,7 +299,9 @@ def test_raw_prediction_file_keeps_every_box_and_its_score(tmp_path):
 
 def test_prediction_file_with_unknown_or_missing_video_names_file_and_video(tmp_path):
     path = save_annotations(tmp_path / "p.json", {"a": {}, "stranger": {}}, key="detections")
-    with pytest.raises(DatasetError, match=r"p\.json: video 'stranger'.*not a video of the dataset"):
+    with pytest.raises(
+        DatasetError, match=r"p\.json: video 'stranger'.*not a video of the split being scored"
+    ):
         load_predictions(path, ["a"])
     with pytest.raises(DatasetError, match=r"p\.json: video 'c'.*missing"):
         load_predictions(path, ["a", "stranger", "c"])

@@ -9,8 +9,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from refdet_edge.data.annotations import DatasetError, where
 from refdet_edge.data.dataset import DroneDataset
-from refdet_edge.data.splits import ALL_FRAMES, split_kind
+from refdet_edge.data.splits import ALL_FRAMES, SPLITS_FILE, split_kind
 from refdet_edge.evaluation.metrics import load_predictions, save_predictions
 from refdet_edge.evaluation.report import RAW_PREDICTIONS_FILE, check_frames, write_report
 from refdet_edge.evaluation.settings import MAX_DET
@@ -55,8 +56,12 @@ class EvalResult:
     paths: list[Path]
 
 
-def _dataset_split(split: str) -> str | None:
-    return None if split == ALL else split
+def _dataset(data: Path, split: str, **options: object) -> DroneDataset:
+    """The split's videos; a split that holds none is an error naming the splits file."""
+    dataset = DroneDataset(data, None if split == ALL else split, **options)
+    if not dataset.videos:
+        raise DatasetError(f"{where(data / SPLITS_FILE, None, split)}: the split holds no video")
+    return dataset
 
 
 def _kind(data: Path, split: str) -> str:
@@ -112,7 +117,7 @@ def eval_model(
     from refdet_edge import runtime
 
     model = runtime.load(weights, "torch", device=device).model
-    dataset = DroneDataset(data, _dataset_split(split), cache_size=model.config.imgsz)
+    dataset = _dataset(data, split, cache_size=model.config.imgsz)
     validator = Validator(dataset, settings.validator())
     with tqdm(total=dataset.num_frames, unit="frame", desc="eval", dynamic_ncols=True) as bar:
         _, raw = validator(model, progress=bar.update)
@@ -139,7 +144,7 @@ def eval_file(
 ) -> EvalResult:
     """Read a prediction file (a final output, or a detector's raw output with a score per box), then
     :func:`_finish`: its boxes as they are are the ``raw`` stage."""
-    dataset = DroneDataset(data, _dataset_split(split), check_references=False)
+    dataset = _dataset(data, split, check_references=False)
     loaded = load_predictions(predictions, [v.video_id for v in dataset.videos])
     check_frames(dataset, loaded.boxes, predictions)
     header = {

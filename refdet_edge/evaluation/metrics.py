@@ -363,7 +363,7 @@ def load_predictions(path: str | Path, video_ids: Iterable[str]) -> Predictions:
     expected = set(video_ids)
     unknown = sorted(set(predictions.boxes) - expected)
     if unknown:
-        raise DatasetError(f"{where(path, unknown[0], 'video_id')}: not a video of the dataset")
+        raise DatasetError(f"{where(path, unknown[0], 'video_id')}: not a video of the split being scored")
     missing = sorted(expected - set(predictions.boxes))
     if missing:
         raise DatasetError(
