@@ -323,7 +323,9 @@ EPILOG = """Examples:
 """
 
 
-@click.command(epilog=EPILOG)
+@click.command(
+    epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset root.")
 @click.option("--split", type=click.Choice(["val", "test", "seen"]), default="val", show_default=True)
 @click.option(
