@@ -15,7 +15,6 @@ from refdet_edge.losses import (
     TripletLoss,
     WIoULoss,
     combine,
-    mine_batch_hard,
 )
 
 REG_MAX = 16
@@ -219,9 +218,18 @@ def test_losses_stay_float32_under_autocast():
     targets = torch.tensor([[0.0, 1.0, 8.0, 8.0, 40.0, 40.0]])
     feats, labels = torch.randn(6, 16), torch.tensor([0, 0, 1, 1, -1, 2])
     loss = DetectionLoss().eval()
-    plain = (loss(det, targets)[0], SupConLoss()(feats, labels), TripletLoss().batch_hard(feats, labels))
+    negatives = feats[:2, None].expand(2, 3, 16)
+    plain = (
+        loss(det, targets)[0],
+        SupConLoss()(feats, labels),
+        TripletLoss()(feats[2:4], feats[4:], negatives),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        amp = (loss(det, targets)[0], SupConLoss()(feats, labels), TripletLoss().batch_hard(feats, labels))
+        amp = (
+            loss(det, targets)[0],
+            SupConLoss()(feats, labels),
+            TripletLoss()(feats[2:4], feats[4:], negatives),
+        )
     for a, b in zip(amp, plain, strict=True):
         assert a.dtype == torch.float32
         assert a.item() == pytest.approx(b.item(), rel=1e-6)
@@ -319,43 +327,31 @@ def test_plain_triplet_rejects_negative_with_anchor_label():
         TripletLoss()(rows, rows, rows, torch.tensor([0, 1]))
 
 
-def test_batch_hard_mines_by_label_and_matches_hand_value():
-    # the nearest neighbour of row 0 (10 degrees away) shares its label: it must be the positive, not the negative
-    angles = [0, 10, 60, 180, 90]
-    labels = torch.tensor([0, 0, 1, -1, 1])
-    emb = torch.tensor([unit(a) for a in angles], requires_grad=True)
-    pos_idx, neg_idx, valid = mine_batch_hard(emb, labels)
-    assert valid.tolist() == [True, True, True, False, True]  # background row 3 has no positive
-    assert pos_idx[valid].tolist() == [1, 0, 4, 2]
-    assert neg_idx[valid].tolist() == [2, 2, 1, 1]
+def test_triplet_with_several_negatives_averages_the_valid_ones_per_row():
+    anchor = torch.tensor([unit(0), unit(0)], requires_grad=True)
+    positive = torch.tensor([unit(60), unit(0)])
+    negatives = torch.tensor(
+        [[unit(30), unit(90), unit(0)], [unit(10), unit(180), unit(20)]], requires_grad=True
+    )
+    mask = torch.tensor([[True, True, False], [False, False, False]])  # row 1 has no valid negative
 
     def d(deg: float) -> float:
         return 1 - math.cos(math.radians(deg))
 
-    margin = 0.6
-    rows = [d(10) - d(60) + margin, d(10) - d(50) + margin, d(30) - d(50) + margin, d(30) - d(80) + margin]
-    loss = TripletLoss(margin=margin).batch_hard(emb, labels)
-    assert loss.item() == pytest.approx(sum(max(r, 0.0) for r in rows) / 4, rel=1e-5)
+    margin = 0.3
+    row_0 = (max(d(60) - d(30) + margin, 0) + max(d(60) - d(90) + margin, 0)) / 2
+    loss = TripletLoss(margin)(anchor, positive, negatives, negative_mask=mask)
+    assert loss.item() == pytest.approx(row_0, rel=1e-5)
     loss.backward()
-    assert_learns(emb)
-
-
-def test_batch_hard_never_picks_a_same_label_negative():
-    for seed in range(20):
-        g = torch.Generator().manual_seed(seed)
-        emb = torch.randn(16, 8, generator=g)
-        labels = torch.randint(-1, 3, (16,), generator=g)
-        pos_idx, neg_idx, valid = mine_batch_hard(emb, labels)
-        for i in range(16):
-            has_pos = labels[i] >= 0 and ((labels == labels[i]).sum() > 1)
-            assert bool(valid[i]) == bool(has_pos)
-            if valid[i]:
-                assert labels[neg_idx[i]] != labels[i] or labels[i] < 0
-                assert labels[pos_idx[i]] == labels[i] and pos_idx[i] != i
-    lonely = torch.randn(3, 4, requires_grad=True)
-    zero = TripletLoss().batch_hard(lonely, torch.tensor([0, 1, -1]))
-    assert zero.item() == 0.0
-    zero.backward()
+    assert_learns(anchor)
+    assert negatives.grad[0, :2].abs().sum() > 0 and negatives.grad[0, 2].abs().sum() == 0
+    assert negatives.grad[1].abs().sum() == 0
+    none = TripletLoss()(anchor, positive, negatives, negative_mask=torch.zeros(2, 3, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="negative_mask"):
+        TripletLoss()(anchor, positive, negatives, negative_mask=mask[:, :2])
+    with pytest.raises(ValueError, match=r"\(M, K, E\)"):
+        TripletLoss()(anchor, positive, negatives[:1])
 
 
 # ---------------------------------------------------------------- weights

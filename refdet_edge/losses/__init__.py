@@ -5,12 +5,12 @@ the weighted sum with :class:`LossWeights`, the single place where per-stage wei
 """
 
 from .contrastive import PrototypeContrastiveLoss, SupConLoss
-from .detection import WIOU_MOMENTUM, BoxLoss, DetectionLoss, WIoULoss
-from .triplet import TripletLoss, cosine_distance_matrix, mine_batch_hard
+from .detection import Assignment, BoxLoss, DetectionLoss, WIoULoss, wiou_momentum
+from .triplet import TripletLoss
 from .weights import LossWeights, combine
 
 __all__ = [
-    "WIOU_MOMENTUM",
+    "Assignment",
     "BoxLoss",
     "DetectionLoss",
     "LossWeights",
@@ -19,6 +19,5 @@ __all__ = [
     "TripletLoss",
     "WIoULoss",
     "combine",
-    "cosine_distance_matrix",
-    "mine_batch_hard",
+    "wiou_momentum",
 ]

@@ -14,6 +14,7 @@ stay silent on frames where the object is absent (trap 3 of DESIGN.md).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,32 @@ from ultralytics.utils.tal import TaskAlignedAssigner, bbox2dist, dist2bbox
 from ._precision import float32
 from .weights import combine
 
-#: Momentum of WIoU v3's running mean of the IoU loss: the reference implementation's half-life of 7000 updates.
-WIOU_MOMENTUM = 1 - 0.5 ** (1 / 7000)
+#: Weight the initial value of WIoU v3's running mean keeps after ``n * t`` updates (the paper's 0.05).
+WIOU_RESIDUAL = 0.05
+#: Run length (training batches) assumed by losses built outside a trainer; the trainer passes its own.
+DEFAULT_RUN_BATCHES = 1000
+
+
+def wiou_momentum(run_batches: int) -> float:
+    """Momentum of WIoU v3's running mean for a run of ``run_batches`` training batches.
+
+    The paper (Tong et al. 2023, section on WIoU v3; reference code ``1 - pow(0.05, 1 / (n * t))``, n batches
+    per epoch, t epochs) sets ``m = 1 - 0.05 ** (1 / (n * t))``: after the run the mean's initial value keeps
+    a weight of 5%, so the focusing follows the IoU level of the whole run instead of a fixed window.
+    """
+    if run_batches < 1:
+        raise ValueError(f"WIoU run length must be at least 1 batch, got {run_batches}")
+    return 1.0 - WIOU_RESIDUAL ** (1.0 / run_batches)
+
+
+class Assignment(NamedTuple):
+    """What ``TaskAlignedAssigner`` gives one batch: decoded boxes (B, A, 4) in grid units, assigned boxes
+    (B, A, 4) xyxy in pixels, soft targets (B, A, N) and the foreground mask (B, A)."""
+
+    pred_bboxes: torch.Tensor
+    target_bboxes: torch.Tensor
+    target_scores: torch.Tensor
+    fg_mask: torch.Tensor
 
 
 class WIoULoss(nn.Module):
@@ -47,16 +72,22 @@ class WIoULoss(nn.Module):
     Args:
         alpha: focusing parameter alpha (1.9 in the paper).
         delta: focusing parameter delta (3 in the paper): ``r = 1`` where ``beta = delta``.
-        momentum: weight of the new batch mean in the running mean update.
+        momentum: weight of the new batch mean in the running mean update (:func:`wiou_momentum` of the
+            run's length).
         eps: added to the enclosing diagonal to avoid a division by zero.
     """
 
     iou_mean: torch.Tensor
 
     def __init__(
-        self, alpha: float = 1.9, delta: float = 3.0, momentum: float = WIOU_MOMENTUM, eps: float = 1e-7
+        self,
+        alpha: float = 1.9,
+        delta: float = 3.0,
+        momentum: float | None = None,
+        eps: float = 1e-7,
     ):
         super().__init__()
+        momentum = wiou_momentum(DEFAULT_RUN_BATCHES) if momentum is None else momentum
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"WIoU momentum must be in [0, 1], got {momentum}")
         self.alpha = alpha
@@ -157,7 +188,8 @@ class DetectionLoss(nn.Module):
         reg_max: DFL bins per box side; ``pred_dist`` must have ``4 * reg_max`` channels.
         topk, alpha, beta: ``TaskAlignedAssigner`` settings (YOLOv8's 10, 0.5, 6.0). ``topk`` is capped at
             the number of anchors.
-        wiou_alpha, wiou_delta, wiou_momentum: WIoU v3 settings, see :class:`WIoULoss`.
+        wiou_alpha, wiou_delta, wiou_momentum: WIoU v3 settings, see :class:`WIoULoss` (the trainer passes
+            :func:`wiou_momentum` of its run's length).
 
     The WIoU running mean is a buffer of this module: it moves in training mode only (``.eval()`` freezes it,
     e.g. for validation losses), and it is saved with the module's ``state_dict`` so that a resumed run
@@ -175,7 +207,7 @@ class DetectionLoss(nn.Module):
         beta: float = 6.0,
         wiou_alpha: float = 1.9,
         wiou_delta: float = 3.0,
-        wiou_momentum: float = WIOU_MOMENTUM,
+        wiou_momentum: float | None = None,
     ):
         super().__init__()
         self.gains = {"box": box, "dfl": dfl, "cls": cls}
@@ -185,6 +217,33 @@ class DetectionLoss(nn.Module):
         self.beta = beta
         self.box_loss = BoxLoss(reg_max, WIoULoss(wiou_alpha, wiou_delta, wiou_momentum))
         self.register_buffer("proj", torch.arange(reg_max, dtype=torch.float), persistent=False)
+
+    @float32
+    def assign(self, detections: Mapping[str, torch.Tensor], targets: torch.Tensor) -> Assignment:
+        """Assign targets to anchors with ``TaskAlignedAssigner`` (inputs as in :meth:`terms`)."""
+        pred_dist, pred_scores, anchor_points, stride_tensor = self._check(detections)
+        batch_size, num_anchors, num_classes = pred_scores.shape
+        gt_labels, gt_bboxes, mask_gt = self._pad_targets(
+            targets, batch_size, num_classes, pred_scores.device
+        )
+        dist = pred_dist.view(batch_size, num_anchors, 4, self.reg_max).softmax(-1).matmul(self.proj)
+        pred_bboxes = dist2bbox(dist, anchor_points, xywh=False)  # grid units, (B, A, 4)
+        assigner = TaskAlignedAssigner(
+            topk=min(self.topk, num_anchors),
+            num_classes=num_classes,
+            alpha=self.alpha,
+            beta=self.beta,
+            stride=torch.unique(stride_tensor).tolist(),
+        )
+        _, target_bboxes, target_scores, fg_mask, _ = assigner(
+            pred_scores.detach().sigmoid(),
+            pred_bboxes.detach() * stride_tensor,
+            anchor_points * stride_tensor,
+            gt_labels,
+            gt_bboxes,
+            mask_gt,
+        )
+        return Assignment(pred_bboxes, target_bboxes, target_scores.to(pred_scores.dtype), fg_mask.bool())
 
     @float32
     def terms(self, detections: Mapping[str, torch.Tensor], targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -203,31 +262,8 @@ class DetectionLoss(nn.Module):
             anchor is assigned (zero targets); ``cls`` is the BCE summed over all B * A * N logits divided
             by ``max(target_scores_sum, 1)``, as in YOLOv8.
         """
+        pred_bboxes, target_bboxes, target_scores, fg_mask = self.assign(detections, targets)
         pred_dist, pred_scores, anchor_points, stride_tensor = self._check(detections)
-        batch_size, num_anchors, num_classes = pred_scores.shape
-        gt_labels, gt_bboxes, mask_gt = self._pad_targets(
-            targets, batch_size, num_classes, pred_scores.device
-        )
-
-        dist = pred_dist.view(batch_size, num_anchors, 4, self.reg_max).softmax(-1).matmul(self.proj)
-        pred_bboxes = dist2bbox(dist, anchor_points, xywh=False)  # grid units, (B, A, 4)
-
-        assigner = TaskAlignedAssigner(
-            topk=min(self.topk, num_anchors),
-            num_classes=num_classes,
-            alpha=self.alpha,
-            beta=self.beta,
-            stride=torch.unique(stride_tensor).tolist(),
-        )
-        _, target_bboxes, target_scores, fg_mask, _ = assigner(
-            pred_scores.detach().sigmoid(),
-            pred_bboxes.detach() * stride_tensor,
-            anchor_points * stride_tensor,
-            gt_labels,
-            gt_bboxes,
-            mask_gt,
-        )
-        target_scores = target_scores.to(pred_scores.dtype)
         target_scores_sum = target_scores.sum().clamp(min=1)
 
         loss_cls = (

@@ -1,7 +1,9 @@
-"""Triplet loss with cosine distance (stage 3), with explicit triplets or batch-hard mining.
+"""Triplet loss with cosine distance (stage 3): an anchor against its positive and a set of negatives.
 
-Labels are target identities; a label < 0 marks background and is different from every label, another
-background label included (two background crops are not the same object).
+In training the rows come from the per-frame head (see :mod:`refdet_edge.training.prepare`): the anchor is
+a target's prototype as the head sees it, the positive the head's embedding at the target's box, the
+negatives the hardest head embeddings of a background frame or of another target. Labels are target
+identities; a label < 0 marks background and is different from every label.
 """
 
 from __future__ import annotations
@@ -13,50 +15,13 @@ from torch import nn
 from ._precision import float32
 
 
-def cosine_distance_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``1 - cos(a_i, b_j)`` for a (M, E) and b (K, E); returns (M, K) in [0, 2]."""
-    return 1.0 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
-
-
-def mine_batch_hard(
-    embeddings: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hardest positive and hardest negative of each row, by cosine distance (no gradient).
-
-    A positive of row i is another row with the same label >= 0; a negative is a row whose label differs
-    from row i's (background labels < 0 differ from every label, so background rows are negatives of every
-    anchor and never have positives).
-
-    Args:
-        embeddings: (M, E).
-        labels: (M,) int.
-
-    Returns:
-        ``(pos_idx, neg_idx, valid)``, each (M,): the index of the farthest positive and of the nearest
-        negative of each row, and whether the row has both (rows without them hold index 0 and must be
-        ignored).
-    """
-    with torch.no_grad():
-        dist = cosine_distance_matrix(embeddings.float(), embeddings.float())
-        self_mask = torch.eye(len(labels), dtype=torch.bool, device=dist.device)
-        same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
-        pos_mask = same & ~self_mask
-        neg_mask = ~same & ~self_mask
-        pos_idx = dist.masked_fill(~pos_mask, float("-inf")).argmax(1)
-        neg_idx = dist.masked_fill(~neg_mask, float("inf")).argmin(1)
-        valid = pos_mask.any(1) & neg_mask.any(1)
-    return pos_idx, neg_idx, valid
-
-
 class TripletLoss(nn.Module):
-    """Triplet margin loss on cosine distance: ``mean(relu(d(a, p) - d(a, n) + margin))``, ``d = 1 - cos``.
+    """Triplet margin loss on cosine distance ``d = 1 - cos``.
 
-    Two ways to call it:
+    Row i has an anchor, P positives and K negatives (P = 1, K = 1 for (M, E) inputs)::
 
-    - ``loss(anchor, positive, negative)`` with explicit (M, E) rows (optionally ``anchor_labels`` and
-      ``negative_labels`` (M,), which are checked: a negative with its anchor's label raises ValueError);
-    - ``loss.batch_hard(embeddings, labels)`` mines, for every row, the hardest positive and negative in the
-      batch (:func:`mine_batch_hard`) and averages over rows that have both.
+        loss_i = mean_{j,k} relu(d(a_i, p_ij) - d(a_i, n_ik) + margin)   over valid positives j, negatives k
+        loss   = mean_i loss_i                                             over rows with a valid pair
 
     Args:
         margin: the triplet margin (cosine distance lies in [0, 2]).
@@ -76,19 +41,49 @@ class TripletLoss(nn.Module):
         negative: torch.Tensor,
         anchor_labels: torch.Tensor | None = None,
         negative_labels: torch.Tensor | None = None,
+        positive_mask: torch.Tensor | None = None,
+        negative_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Args: anchor, positive, negative (M, E); optional labels (M,) int. Returns: 0-dim loss."""
-        if anchor.ndim != 2 or anchor.shape != positive.shape or anchor.shape != negative.shape:
+        """Args:
+            anchor: (M, E).
+            positive: (M, E), or (M, P, E) for P positives per row.
+            negative: (M, E), or (M, K, E) for K negatives per row.
+            anchor_labels, negative_labels: optional (M,) int, checked: a negative with its anchor's label
+                raises ValueError.
+            positive_mask, negative_mask: optional bool (M, P) and (M, K), which positives and negatives
+                are valid (all when omitted).
+
+        Returns:
+            0-dim loss; 0 (still in the graph) when no row has a valid pair.
+        """
+        positive = positive[:, None] if positive.ndim == 2 else positive
+        negative = negative[:, None] if negative.ndim == 2 else negative
+        if anchor.ndim != 2 or any(
+            t.ndim != 3 or (t.shape[0], t.shape[2]) != tuple(anchor.shape) for t in (positive, negative)
+        ):
             raise ValueError(
-                "TripletLoss: anchor, positive and negative must all be (M, E), got "
-                f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negative.shape)}"
+                "TripletLoss: anchor must be (M, E), positive (M, E) or (M, P, E), negative (M, E) or "
+                f"(M, K, E), got {tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negative.shape)}"
             )
+        m = anchor.shape[0]
+        masks = []
+        for name, rows, mask in (
+            ("positive", positive, positive_mask),
+            ("negative", negative, negative_mask),
+        ):
+            if mask is None:
+                mask = torch.ones(rows.shape[:2], dtype=torch.bool, device=rows.device)
+            if mask.shape != rows.shape[:2]:
+                raise ValueError(
+                    f"TripletLoss: {name}_mask must be {tuple(rows.shape[:2])}, got {tuple(mask.shape)}"
+                )
+            masks.append(mask)
         if (anchor_labels is None) != (negative_labels is None):
             raise ValueError("TripletLoss: give both anchor_labels and negative_labels, or neither")
         if anchor_labels is not None:
-            if anchor_labels.shape != (anchor.shape[0],) or negative_labels.shape != (anchor.shape[0],):
+            if anchor_labels.shape != (m,) or negative_labels.shape != (m,):
                 raise ValueError(
-                    f"TripletLoss: labels must be ({anchor.shape[0]},), got {tuple(anchor_labels.shape)} "
+                    f"TripletLoss: labels must be ({m},), got {tuple(anchor_labels.shape)} "
                     f"and {tuple(negative_labels.shape)}"
                 )
             clash = (anchor_labels == negative_labels).nonzero().flatten()
@@ -97,35 +92,13 @@ class TripletLoss(nn.Module):
                     f"TripletLoss: negative has the anchor's label in triplet rows {clash.tolist()} "
                     "(a negative must be a different target or background)"
                 )
-        if anchor.shape[0] == 0:
-            return anchor.sum() * 0.0
-        d_ap = 1.0 - F.cosine_similarity(anchor.float(), positive.float(), dim=1)
-        d_an = 1.0 - F.cosine_similarity(anchor.float(), negative.float(), dim=1)
-        return F.relu(d_ap - d_an + self.margin).mean()
-
-    @float32
-    def batch_hard(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Batch-hard triplet loss.
-
-        Args:
-            embeddings: (M, E).
-            labels: (M,) int; < 0 for background.
-
-        Returns:
-            0-dim loss averaged over rows that have a positive and a negative; 0 (still in the graph) when
-            none has.
-        """
-        if embeddings.ndim != 2:
-            raise ValueError(
-                f"TripletLoss.batch_hard: embeddings must be (M, E), got {tuple(embeddings.shape)}"
-            )
-        if labels.shape != (embeddings.shape[0],):
-            raise ValueError(
-                f"TripletLoss.batch_hard: labels must be ({embeddings.shape[0]},), got {tuple(labels.shape)}"
-            )
-        labels = labels.to(embeddings.device)
-        pos_idx, neg_idx, valid = mine_batch_hard(embeddings, labels)
-        if not valid.any():
-            return embeddings.sum() * 0.0
-        anchor = embeddings[valid]
-        return self(anchor, embeddings[pos_idx[valid]], embeddings[neg_idx[valid]])
+        anchor = F.normalize(anchor.float(), dim=-1)
+        d_ap = 1.0 - torch.einsum("me,mpe->mp", anchor, F.normalize(positive.float(), dim=-1))
+        d_an = 1.0 - torch.einsum("me,mke->mk", anchor, F.normalize(negative.float(), dim=-1))
+        valid = masks[0][:, :, None] & masks[1][:, None, :]  # (M, P, K)
+        hinge = F.relu(d_ap[:, :, None] - d_an[:, None, :] + self.margin) * valid
+        count = valid.sum((1, 2))
+        rows = count > 0
+        if not rows.any():
+            return hinge.sum() * 0.0
+        return (hinge.sum((1, 2))[rows] / count[rows]).mean()
