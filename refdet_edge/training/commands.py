@@ -1,25 +1,32 @@
-"""``refdet train``: one stage of the staged training, configured by flags over an optional YAML file."""
+"""``refdet train``: one stage of the staged training, configured by flags over an optional YAML file.
+
+Nothing heavy is imported until the command runs, so that ``refdet --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
-from refdet_edge.training.config import NEGATIVE_STRATEGIES, ConfigError, load_config
+from refdet_edge.training.config import NEGATIVE_STRATEGIES, ConfigError, TrainConfig, load_config
 
 EPILOG = """Examples:
 
 \b
-  # the demo: synthetic data (generated on first use), three stages
-  refdet train --stage 1 --epochs 3 --out runs/s1
-  refdet train --stage 2 --weights runs/s1/best.pt --out runs/s2
-  refdet train --stage 3 --use-triplet --triplet-ratio 0.5 --triplet-weight 0.5 \\
+  # three stages on the synthetic set of `refdet data synth --out demo_data`
+  refdet train --data demo_data --stage 1 --epochs 3 --imgsz 320 --out runs/s1
+  refdet train --data demo_data --stage 2 --epochs 2 --imgsz 320 \\
+      --weights runs/s1/best.pt --out runs/s2
+  refdet train --data demo_data --stage 3 --epochs 2 --imgsz 320 --use-triplet \\
       --weights runs/s2/best.pt --out runs/s3
 \b
-  # continue an interrupted run exactly where its last checkpoint left it
-  refdet train --stage 3 --use-triplet --resume runs/s3/last.pt --out runs/s3
+  # continue a run stopped by Ctrl-C or killed, exactly where its last.pt left it
+  refdet train --resume runs/s3/last.pt
 \b
   # two processes (GPUs, or CPU with gloo)
-  torchrun --nproc_per_node 2 -m refdet_edge.cli train --data D --stage 1
+  torchrun --nproc_per_node 2 -m refdet_edge.cli train --data demo_data --stage 1 --out runs/ddp
 """
 
 
@@ -30,7 +37,11 @@ EPILOG = """Examples:
     type=click.Path(dir_okay=False),
     help="YAML file of options; flags override it.",
 )
-@click.option("--data", help="Dataset root (DESIGN.md layout). Default: the synthetic demo set.")
+@click.option(
+    "--data",
+    help="Dataset folder as `refdet data synth` or `refdet data import-sot` write it.  "
+    "[default: ./demo_data, generated on first use]",
+)
 @click.option("--stage", type=click.IntRange(1, 3), help="1 base, 2 meta, 3 fine-tune.  [default: 1]")
 @click.option(
     "--use-triplet/--no-triplet", default=None, help="Mix triplet batches into training (stage 2+)."
@@ -68,8 +79,21 @@ EPILOG = """Examples:
 @click.option(
     "--weights", type=click.Path(dir_okay=False), help="Checkpoint of a previous stage to start from."
 )
-@click.option("--resume", type=click.Path(dir_okay=False), help="last.pt of an interrupted run to continue.")
+@click.option(
+    "--resume",
+    type=click.Path(dir_okay=False),
+    help="last.pt of a stopped run to continue; its data, sizes, stage, schedule and folder come with it.",
+)
 @click.option("--out", help="Output folder.  [default: runs/train]")
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    default=None,
+    help="Train into a folder holding a run (its best.pt stays unless beaten).",
+)
+@click.option(
+    "--save-every", type=click.IntRange(1), help="Also write last.pt every N steps (Ctrl-C always writes it)."
+)
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
 def train(config_path: str | None, **flags) -> None:
     """Train one stage; writes last.pt, best.pt, results.csv, plots and the resolved config.yaml to --out."""
@@ -83,8 +107,19 @@ def train(config_path: str | None, **flags) -> None:
         trainer.fit()
     except (ConfigError, DatasetError, WeightsError, TrainingError) as err:
         raise click.ClickException(str(err)) from None
-    if trainer.main and trainer.history:
-        click.echo(summary_table(trainer.history, config.out))
+    if not trainer.main:
+        return
+    if trainer.interrupted:
+        click.echo(
+            f"stopped at {trainer.position()}; last.pt written. Continue with:\n"
+            f"  refdet train --resume {trainer.out / 'last.pt'}",
+            err=True,
+        )
+        sys.exit(130)
+    if trainer.history:
+        click.echo(summary_table(trainer.history, trainer.cfg))
+        if not trainer.best_written:
+            click.echo(f"{trainer.out / 'best.pt'}: kept from the earlier run (no epoch of this run beat it)")
 
 
 SUMMARY_ROWS = (
@@ -98,15 +133,22 @@ SUMMARY_ROWS = (
 )
 
 
-def summary_table(history: list[dict], out: str) -> str:
-    """Validation figures of the starting weights (epoch 0), the best epoch (best.pt) and the last one."""
+def summary_table(history: list[dict], config: TrainConfig) -> str:
+    """Validation figures of the starting weights (epoch 0), the best epoch (best.pt) and the last one, with
+    what the validation split measures (unseen objects or later frames of the training objects)."""
+    from refdet_edge.data.splits import split_kind
+
     best = max(history, key=lambda row: row["fitness"])
     columns = [
         ("start (epoch 0)", history[0]),
         (f"best (epoch {best['epoch']})", best),
         (f"last (epoch {history[-1]['epoch']})", history[-1]),
     ]
-    lines = [f"validation of {out}:", f"{'':<26}" + "".join(f"{title:>18}" for title, _ in columns)]
+    kind = split_kind(Path(config.data), "val")
+    lines = [
+        f"validation of {config.out} on the val split of {config.data} ({kind}):",
+        f"{'':<26}" + "".join(f"{title:>18}" for title, _ in columns),
+    ]
     for label, key in SUMMARY_ROWS:
         cells = "".join(
             f"{'-' if row.get(key) is None else format(row[key], '.4f'):>18}" for _, row in columns

@@ -53,8 +53,10 @@ class TrainConfig:
     yolo_weights: str | None = None
     dinov2_weights: str | None = None
     weights: str | None = None  # previous stage's checkpoint to start from
-    resume: str | None = None  # last.pt of an interrupted run
+    resume: str | None = None  # last.pt of an interrupted run; the run's own settings come from it
     out: str = "runs/train"
+    exist_ok: bool = False  # train into a folder that holds a run already (its best.pt kept unless beaten)
+    save_every: int | None = None  # optimizer steps between mid-epoch saves of last.pt
     seed: int = 0
     log_every: int = 10  # steps between gradient-norm records
     max_bad_steps: int = 20  # non-finite losses tolerated before the run stops
@@ -100,7 +102,7 @@ class TrainConfig:
                 self.episodes_per_epoch is None or self.episodes_per_epoch >= 1,
                 "must be >= 1",
             ),
-            ("weights", not (self.weights and self.resume), "give --weights or --resume, not both"),
+            ("save_every", self.save_every is None or self.save_every >= 1, "must be >= 1"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -111,7 +113,21 @@ class TrainConfig:
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults, then the YAML file at ``path``, then ``overrides`` whose value is not None."""
+    """Defaults, then the YAML file at ``path``, then ``overrides`` whose value is not None. With ``resume``
+    the run's stored configuration replaces the defaults (see :func:`resume_config`)."""
+    values = given_options(path, **overrides)
+    if values.get("resume") is not None:
+        return resume_config(read_resumable(values["resume"])["train_config"], values)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+    except TypeError as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from None
+
+
+def given_options(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """The options a user gave: the YAML file at ``path``, then ``overrides`` whose value is not None."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -127,12 +143,74 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
             raise ConfigError(f"{path}: unknown field(s) {unknown}")
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def read_resumable(resume: str | Path) -> dict[str, Any]:
+    """The checkpoint ``resume`` (a last.pt), which must hold a training state and its run's configuration."""
+    from refdet_edge.models.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(resume)
+    if "train_state" not in ckpt or not isinstance(ckpt.get("train_config"), dict):
+        raise ConfigError(f"{resume}: holds no training state (a best.pt?); resume from a last.pt")
+    return ckpt
+
+
+RESUME_FREE = ("resume", "device", "workers", "val_batch_size", "save_every", "max_bad_steps", "exist_ok")
+PATH_FIELDS = ("data", "out", "weights", "yolo_weights", "support_weights")
+
+
+def _effective(name: str, value: Any, stage: int) -> Any:
+    """A stored or given value as the run uses it: paths resolved, None epochs/lr as the stage's default."""
+    if value is None and name in ("epochs", "lr"):
+        from refdet_edge.training.stages import stage_spec
+
+        return getattr(stage_spec(stage), name)
+    if value is not None and name in PATH_FIELDS:
+        return Path(value).resolve()
+    return value
+
+
+def resume_conflicts(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """``--name value (the run: stored)`` for each given option that would change a resumed run."""
+    stage = stored.get("stage", 1)
+    return [
+        f"--{name.replace('_', '-')} {value} (the run: {stored[name]})"
+        for name, value in given.items()
+        if name in stored
+        and value is not None
+        and name not in RESUME_FREE
+        and not (name == "data" and stored[name] is None)
+        and _effective(name, value, stage) != _effective(name, stored[name], stage)
+    ]
+
+
+def resume_config(stored: dict[str, Any], given: dict[str, Any]) -> TrainConfig:
+    """A resumed run's configuration: the ``train_config`` stored in its last.pt, written to the folder that
+    holds that file. ``given`` may repeat stored values or change only what leaves the result as it is
+    (``RESUME_FREE``); anything else is refused, as is a run whose data folder is not there."""
+    resume = given["resume"]
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in stored.items() if k in known}
+    values["out"] = str(Path(resume).parent)
+    conflicts = resume_conflicts(values, given)
+    if conflicts:
+        raise ConfigError(
+            f"{resume}: {', '.join(conflicts)} would change the run being resumed; resume with no other "
+            "options, or start a new run from its weights with --weights"
+        )
+    values.update({k: v for k, v in given.items() if v is not None})
+    if values.get("data") is None:
+        raise ConfigError(f"{resume}: the run's data folder is not recorded; give it with --data")
+    if not Path(values["data"]).is_dir():
+        raise ConfigError(
+            f"{resume}: the run's data folder {values['data']} is not there "
+            "(a relative path is read from the folder the run was started in)"
+        )
     try:
         return TrainConfig(**values)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
-    except TypeError as err:
-        raise ConfigError(f"{path or 'config'}: {err}") from None
+    except (ConfigError, TypeError) as err:
+        raise ConfigError(f"{resume}: {err}") from None
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import torch
@@ -25,11 +26,17 @@ def ensure_demo_data(root: Path = DEMO_DATA_DIR) -> Path:
     return root
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the trainer, which stops at the end of a step and saves (they would die)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_train_loader(
-    cfg: TrainConfig, dataset: DroneDataset, epoch: int, world_size: int = 1, rank: int = 0
+    cfg: TrainConfig, dataset: DroneDataset, epoch: int, world_size: int = 1, rank: int = 0, skip: int = 0
 ) -> DataLoader:
-    """Loader of epoch ``epoch``. Every random choice (episode content, batch kind, order) is a function of
-    ``(seed, epoch, index)``, so a resumed run sees exactly the batches an uninterrupted run would."""
+    """Loader of epoch ``epoch`` without its first ``skip`` batches. Every random choice (episode content,
+    batch kind, order) is a function of ``(seed, epoch, index)``, so a run resumed at any batch sees exactly
+    the batches an uninterrupted run would."""
     episodic = EpisodicDataset(
         dataset,
         cfg.n_way,
@@ -51,16 +58,19 @@ def build_train_loader(
         data = episodic
         collate = RefDetCollator()
     data.set_epoch(epoch)
-    sampler = None
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the global RNG stays untouched
     if world_size > 1:
         sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
+        order = list(sampler)
+    else:
+        order = torch.randperm(len(data), generator=generator).tolist()
     return DataLoader(
         data,
         batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+        sampler=order[skip * cfg.batch_size :],
+        generator=generator,
         num_workers=cfg.workers,
         collate_fn=collate,
+        worker_init_fn=ignore_interrupts,
     )

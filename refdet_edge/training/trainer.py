@@ -10,12 +10,15 @@ and ``best.pt`` (chosen on validation, never on test) are written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import random
+import signal
+import threading
 import time
-from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +31,29 @@ from ultralytics.utils.torch_utils import ModelEMA
 from refdet_edge.data.dataset import DroneDataset
 from refdet_edge.evaluation.validator import Validator, ValidatorConfig, scored_frames
 from refdet_edge.losses import combine
-from refdet_edge.models import ModelConfig, RefDetModel, atomic_save, checkpoint_payload, create_model
+from refdet_edge.models import (
+    ModelConfig,
+    RefDetModel,
+    WeightsError,
+    atomic_save,
+    checkpoint_payload,
+    create_model,
+)
 from refdet_edge.models.checkpoint import read_checkpoint
-from refdet_edge.training.config import ConfigError, TrainConfig, save_config
+from refdet_edge.training.config import (
+    ConfigError,
+    TrainConfig,
+    read_resumable,
+    resume_conflicts,
+    save_config,
+)
 from refdet_edge.training.loaders import build_train_loader, ensure_demo_data
 from refdet_edge.training.plots import plot_training
 from refdet_edge.training.prepare import LossComputer
 from refdet_edge.training.stages import stage_spec
 
 GRAD_GROUPS = ("support", "projector", "backbone", "fusion", "head")
+RUN_FILES = ("last.pt", "best.pt", "results.csv")  # a folder holding any of them holds a run
 METRIC_KEYS = ("map50", "map50_95", "precision", "recall", "f1", "fp_per_background_frame", "st_iou")
 
 
@@ -132,9 +149,11 @@ class Trainer:
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.main = self.rank == 0
         self.out = Path(config.out)
+        self.cfg = config = replace(config, data=str(self._data_root()))
+        earlier_best = self._check_out_folder()
         seed_everything(config.seed)
 
-        resume_ckpt = read_checkpoint(config.resume) if config.resume else None
+        resume_ckpt = self._read_resume() if config.resume else None
         self.start_metrics: dict | None = None  # validation of --weights, when it was run on the same data
         self.model = self._build_model(resume_ckpt).to(self.device)
         groups = self.spec.apply(self.model)
@@ -165,14 +184,59 @@ class Trainer:
         self.start_epoch = 0
         self.step = 0
         self.bad_steps = 0
-        self.best_fitness = -math.inf
+        self.best_fitness = earlier_best  # best.pt is replaced only by a better model
+        self.best_written = False  # whether this run wrote best.pt
         self.history: list[dict] = []
         self.grad_log: list[dict] = []
+        self.epoch = 0  # the epoch in progress (or next)
+        self.batch = 0  # batches of it already trained
+        self.partial: dict = {"sums": {}, "counts": {}, "seconds": 0.0}  # that epoch's loss sums so far
+        self.stop_requested = False  # set by Ctrl-C / SIGTERM
+        self.interrupted = False  # the run stopped early and saved last.pt
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
 
     def _data_root(self) -> Path:
-        return Path(self.cfg.data) if self.cfg.data is not None else ensure_demo_data()
+        """The dataset root; the demo set (generated on first use) only for a new run without --data."""
+        if self.cfg.data is not None:
+            return Path(self.cfg.data)
+        if self.cfg.resume is not None:
+            raise ConfigError(f"{self.cfg.resume}: resuming needs the run's data folder; give it with --data")
+        return ensure_demo_data()
+
+    def position(self) -> str:
+        """Where the run stands: epoch, batches trained of it, optimizer steps."""
+        if self.epoch >= self.epochs:
+            return f"the end of epoch {self.epochs}/{self.epochs} (step {self.step})"
+        if self.batch == 0:
+            return f"the start of epoch {self.epoch + 1}/{self.epochs} (step {self.step})"
+        return f"epoch {self.epoch + 1}/{self.epochs}, batch {self.batch}/{self.steps_per_epoch} (step {self.step})"
+
+    def _check_out_folder(self) -> float:
+        """Refuse to start a new run in a folder holding a run, unless --exist-ok; then its best.pt stays
+        unless this run beats it. Returns the fitness to beat (-inf when there is none)."""
+        found = [name for name in RUN_FILES if (self.out / name).exists()]
+        if self.cfg.resume is not None or not found:
+            return -math.inf
+        if not self.cfg.exist_ok:
+            raise ConfigError(
+                f"{self.out}: holds a run already ({', '.join(found)}); continue it with --resume "
+                f"{self.out / 'last.pt'}, choose another --out, or pass --exist-ok"
+            )
+        try:
+            metrics = read_checkpoint(self.out / "best.pt").get("metrics")
+            return fitness(metrics) if isinstance(metrics, dict) else -math.inf
+        except (WeightsError, KeyError):
+            return -math.inf
+
+    def _read_resume(self) -> dict:
+        """The checkpoint to resume; it must hold a training state and agree with this run's options."""
+        ckpt = read_resumable(self.cfg.resume)
+        given = {k: v for k, v in self.cfg.to_dict().items() if k != "out"}
+        conflicts = resume_conflicts(ckpt["train_config"], given)
+        if conflicts:
+            raise ConfigError(f"{self.cfg.resume}: {', '.join(conflicts)} would change the run being resumed")
+        return ckpt
 
     def _build_model(self, resume_ckpt: dict | None) -> RefDetModel:
         cfg = self.cfg
@@ -200,16 +264,14 @@ class Trainer:
 
     def _restore(self, ckpt: dict) -> None:
         state = ckpt["train_state"]
-        if state["stage"] != self.cfg.stage:
-            raise ConfigError(
-                f"{self.cfg.resume}: stage {state['stage']} checkpoint, but --stage {self.cfg.stage}"
-            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.ema.ema.load_state_dict(ckpt["model"])
         self.ema.updates = state["ema_updates"]
         self.computer.detection_loss.load_state_dict(state["detection_loss"])
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = self.epoch = state["epoch"] + 1
+        self.batch = state.get("batch", 0)
+        self.partial = state.get("partial", self.partial)
         self.step = state["step"]
         self.bad_steps = state["bad_steps"]
         self.best_fitness = state["best_fitness"]
@@ -218,9 +280,24 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def _save(self, epoch: int, fitness: float) -> None:
+        """best.pt when the epoch's ``fitness`` beats every earlier one, then last.pt."""
+        if fitness > self.best_fitness:
+            self.best_fitness = fitness
+            self.best_written = True
+            best = checkpoint_payload(
+                self.ema.ema, epoch=epoch, metrics=self.history[-1], train_config=self.cfg.to_dict()
+            )
+            atomic_save(best, self.out / "best.pt")
+        self._save_last(epoch)
+
+    def _save_last(self, epoch: int) -> None:
+        """last.pt: the EMA weights and everything --resume needs to go on exactly from this step (``epoch``
+        is the last completed epoch, ``batch`` the batches trained of the next one)."""
         train_state = {
             "stage": self.cfg.stage,
             "epoch": epoch,
+            "batch": self.batch,
+            "partial": self.partial,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -228,19 +305,13 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "detection_loss": self.computer.detection_loss.state_dict(),
             "bad_steps": self.bad_steps,
-            "best_fitness": max(self.best_fitness, fitness),
+            "best_fitness": self.best_fitness,
             "history": self.history,
             "grad_log": self.grad_log,
             "rng": rng_state(),
         }
         payload = checkpoint_payload(self.ema.ema, train_state=train_state, train_config=self.cfg.to_dict())
         atomic_save(payload, self.out / "last.pt")
-        if fitness > self.best_fitness:
-            self.best_fitness = fitness
-            best = checkpoint_payload(
-                self.ema.ema, epoch=epoch, metrics=self.history[-1], train_config=self.cfg.to_dict()
-            )
-            atomic_save(best, self.out / "best.pt")
 
     def _set_lr(self) -> None:
         factor = lr_factor(self.step, self.cfg.warmup_steps, self.total_steps)
@@ -267,45 +338,105 @@ class Trainer:
         self.ema.update(self.model)
         self.step += 1
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training loader; returns the mean of each loss component (over the steps that
-        had it: a triplet term exists only in batches that drew triplets) and of the weighted total."""
-        loader = build_train_loader(self.cfg, self.train_data, epoch, self.world_size, self.rank)
+    def train_epoch(self, epoch: int) -> dict[str, float] | None:
+        """One pass over the training loader, from the batch a resumed run had reached. Returns the mean of
+        each loss component (over the steps that had it: a triplet term exists only in batches that drew
+        triplets) and of the weighted total; None when a stop was asked for, after last.pt was written at
+        the step reached. ``save_every`` steps also write last.pt."""
+        loader = build_train_loader(self.cfg, self.train_data, epoch, self.world_size, self.rank, self.batch)
         self.computer.train()
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
+        sums, counts = self.partial["sums"], self.partial["counts"]
+        started = time.perf_counter() - self.partial["seconds"]
         bar = tqdm(
             loader,
             desc=f"stage {self.cfg.stage} epoch {epoch + 1}/{self.epochs}",
+            initial=self.batch,
+            total=self.steps_per_epoch,
             disable=not self.main,
             leave=False,
         )
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar):
-            self._set_lr()
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                terms = self.step_module(self._to_device(batch))
-            total = combine(terms, self.weights)
-            if not torch.isfinite(total):
-                self.bad_steps += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.bad_steps > self.cfg.max_bad_steps:
-                    raise TrainingError(
-                        f"{self.bad_steps} steps with a non-finite loss (last: "
-                        f"{ {k: float(v.detach()) for k, v in terms.items()} }); lower --lr or check the data"
-                    )
+        for i, batch in enumerate(bar, start=self.batch):
+            stepped = self._train_batch(i, batch)
+            self.batch = i + 1
+            if counts.get("total"):
+                bar.set_postfix(
+                    loss=f"{sums['total'] / counts['total']:.3f}",
+                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                )
+            if self.batch % self.cfg.grad_accum:
                 continue
-            self.scaler.scale(total / self.cfg.grad_accum).backward()
-            if (i + 1) % self.cfg.grad_accum == 0:
-                self._optimizer_step()
-            for name, value in (*terms.items(), ("total", total)):
-                sums[name] += float(value.detach())
-                counts[name] += 1
-            bar.set_postfix(
-                loss=f"{sums['total'] / counts['total']:.3f}",
-                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-            )
+            self.partial["seconds"] = time.perf_counter() - started
+            if self._should_stop():
+                bar.close()
+                if self.main:
+                    self._save_last(epoch - 1)
+                return None
+            if stepped and self.main and self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self._save_last(epoch - 1)
+        bar.close()
+        self.batch, self.partial = 0, {"sums": {}, "counts": {}, "seconds": 0.0}
         return {name: value / counts[name] for name, value in sums.items()}
+
+    def _train_batch(self, i: int, batch) -> bool:
+        """Forward and backward of batch ``i`` of the epoch, adding its loss terms to the epoch's sums, and an
+        optimizer step when it closes an accumulation; a non-finite loss is skipped and counted. Returns
+        whether the optimizer stepped."""
+        self._set_lr()
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            terms = self.step_module(self._to_device(batch))
+        total = combine(terms, self.weights)
+        if not torch.isfinite(total):
+            self.bad_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.bad_steps > self.cfg.max_bad_steps:
+                raise TrainingError(
+                    f"{self.bad_steps} steps with a non-finite loss (last: "
+                    f"{ {k: float(v.detach()) for k, v in terms.items()} }); lower --lr or check the data"
+                )
+            return False
+        self.scaler.scale(total / self.cfg.grad_accum).backward()
+        sums, counts = self.partial["sums"], self.partial["counts"]
+        for name, value in (*terms.items(), ("total", total)):
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+            counts[name] = counts.get(name, 0) + 1
+        if (i + 1) % self.cfg.grad_accum:
+            return False
+        self._optimizer_step()
+        return True
+
+    def _should_stop(self) -> bool:
+        """Whether a stop was asked for (in any process: every process stops at the same step)."""
+        stop = self.stop_requested
+        if self.world_size > 1:
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    @contextlib.contextmanager
+    def _stop_on_signal(self):
+        """While training, Ctrl-C (SIGINT) or SIGTERM asks for a stop at the end of the step in progress,
+        with last.pt written there; the same signal again then ends the process at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def ask_to_stop(signum, frame) -> None:
+            self.stop_requested = True
+            signal.signal(signum, previous[signum])
+            if self.main:
+                name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+                tqdm.write(
+                    f"{name}: finishing this step, then saving last.pt ({name} again: quit without saving)"
+                )
+
+        previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def validate(self) -> dict:
         total = sum(len(scored_frames(v, self.cfg.val_stride)) for v in self.val_data.videos)
@@ -339,20 +470,28 @@ class Trainer:
         baseline and ``best.pt`` is never worse on validation than what the run started from. When
         ``--weights`` is a ``best.pt`` validated on the same data and size, its stored figures are row 0.
         """
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(".*.pt.*.tmp"):  # left by a run killed while it wrote a checkpoint
-                stale.unlink()
-            save_config(self.cfg, self.out / "config.yaml")
-            if not self.history:
-                self._record(-1, {}, 0.0, self.start_metrics)
-        for epoch in range(self.start_epoch, self.epochs):
-            start = time.perf_counter()
-            losses = self.train_epoch(epoch)
-            if self.world_size > 1:
-                self._check_replicas()
+        with self._stop_on_signal():
             if self.main:
-                self._record(epoch, losses, time.perf_counter() - start)
+                self.out.mkdir(parents=True, exist_ok=True)
+                for stale in self.out.glob(".*.pt.*.tmp"):  # left by a run killed while writing a checkpoint
+                    stale.unlink()
+                save_config(self.cfg, self.out / "config.yaml")
+                if not self.history:
+                    self._record(-1, {}, 0.0, self.start_metrics)
+            for epoch in range(self.start_epoch, self.epochs):
+                self.epoch = epoch
+                if self._should_stop():
+                    self.interrupted = True
+                    break
+                start = time.perf_counter() - self.partial["seconds"]
+                losses = self.train_epoch(epoch)
+                if losses is None:
+                    self.interrupted = True
+                    break
+                if self.world_size > 1:
+                    self._check_replicas()
+                if self.main:
+                    self._record(epoch, losses, time.perf_counter() - start)
         if self.world_size > 1:
             dist.barrier()
         return self.history[-1] if self.history else {}
