@@ -9,7 +9,7 @@ import torch
 from refdet_edge.data.collate import MixedCollator, RefDetCollator, TripletCollator
 from refdet_edge.data.dataset import DroneDataset
 from refdet_edge.data.episodes import EpisodicDataset
-from refdet_edge.data.mixed import MixedDataset
+from refdet_edge.data.mixed import MixedBatchSampler, MixedDataset
 from refdet_edge.data.triplet import TripletDataset
 
 IMGSZ, SUPPORT = 320, 112
@@ -123,40 +123,40 @@ def test_collator_merges_a_target_shared_by_two_episodes():
 
 @pytest.mark.parametrize("strategy", ["background", "cross_class", "mixed"])
 def test_triplet_negatives_never_carry_the_anchor_label(train_set, strategy):
-    triplets = TripletDataset(
-        train_set, samples_per_class=6, negative_strategy=strategy, support_size=SUPPORT
-    )
+    episodes = EpisodicDataset(train_set, n_way=1, k_shot=2, n_query=1, imgsz=IMGSZ, support_size=SUPPORT)
+    triplets = TripletDataset(episodes, samples_per_class=6, negative_strategy=strategy)
     assert len(triplets) == 18
     batch = TripletCollator()([triplets[i] for i in range(len(triplets))])
     assert batch["batch_type"] == "triplet"
-    for part in ("anchor", "positive", "negative"):
-        assert batch[f"{part}_images"].shape == (18, 3, SUPPORT, SUPPORT)
-        assert batch[f"{part}_labels"].dtype == torch.int64
-    assert torch.equal(batch["anchor_labels"], batch["positive_labels"])
-    assert torch.equal(batch["anchor_labels"], torch.arange(3).repeat_interleave(6))
-    assert not (batch["negative_labels"] == batch["anchor_labels"]).any()
-    negatives = set(batch["negative_labels"].tolist())
+    assert batch["query_images"].shape == (36, 3, IMGSZ, IMGSZ)  # detection-style frames: positive, negative
+    assert batch["support_images"].shape == (3, 2, 3, SUPPORT, SUPPORT)
+    cls, pos, neg = batch["triplets"].T
+    anchors = batch["support_labels"][cls]
+    assert torch.equal(anchors, torch.arange(3).repeat_interleave(6))
+    assert torch.equal(batch["query_labels"][pos], anchors)
+    negatives = batch["query_labels"][neg]
+    assert not (negatives == anchors).any()
+    boxes = batch["query_boxes"]
+    assert ((boxes[pos, 2:] > boxes[pos, :2]).all(1)).all()  # every positive frame has its target's box
+    assert (boxes[neg][negatives < 0] == 0).all() and ((boxes[neg][negatives >= 0, 2:] > 0).all(1)).all()
+    kinds = set(negatives.clamp(max=0).tolist())
     if strategy == "background":
-        assert negatives == {-1}
+        assert kinds == {-1}
     elif strategy == "cross_class":
-        assert -1 not in negatives
+        assert kinds == {0}
     else:
-        assert -1 in negatives and len(negatives) > 1
+        assert kinds == {-1, 0}
 
 
-def test_mixed_ratio_holds_and_collates_by_kind(train_set):
+def test_mixed_batches_collate_by_kind(train_set):
     detection = EpisodicDataset(train_set, n_way=2, k_shot=1, n_query=2, imgsz=IMGSZ, support_size=SUPPORT)
-    triplet = TripletDataset(train_set, samples_per_class=4, support_size=SUPPORT)
-    mixed = MixedDataset(detection, triplet, detection_ratio=0.7, length=4000, seed=1)
-    share = np.mean([mixed.pick(i)[0] == "detection" for i in range(len(mixed))])
-    assert abs(share - 0.7) < 0.03
-    kinds = [mixed.pick(i)[0] for i in range(8)]
-    batch = MixedCollator()([mixed[i] for i in range(8)])
+    mixed = MixedDataset(detection, TripletDataset(detection, samples_per_class=4))
+    indices = next(iter(MixedBatchSampler(mixed, batch_size=3, triplet_ratio=0.4, seed=1)))
+    batch = MixedCollator()([mixed[i] for i in indices])
     assert batch["batch_type"] == "mixed"
-    assert batch["detection"]["query_images"].shape[0] == 2 * kinds.count("detection")
-    assert batch["triplet"]["anchor_images"].shape[0] == kinds.count("triplet")
-    only_triplets = MixedCollator()([triplet[0], triplet[1]])
-    assert only_triplets["detection"] is None and only_triplets["triplet"]["anchor_images"].shape[0] == 2
+    assert batch["detection"]["query_images"].shape[0] == 3 * 2
+    assert batch["triplet"]["triplets"].shape == (2, 3)  # round(3 * 0.4 / 0.6) triplets beside 3 episodes
+    assert batch["triplet"]["query_images"].shape[1:] == batch["detection"]["query_images"].shape[1:]
 
 
 def test_dataloader_workers_give_the_same_batches(train_set):

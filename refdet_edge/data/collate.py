@@ -8,18 +8,48 @@ Detection batch (:class:`RefDetCollator`), from several episodes:
     ``targets``: float32 (T, 6) rows ``[batch_idx, class_idx, x1, y1, x2, y2]``, class_idx in 0..N-1, boxes in
     model-input pixels: one row for every query whose object is among the N merged targets (so a query that
     was mismatched in its own episode becomes positive if another episode brought its target);
+    ``query_boxes``: float32 (B, 4) the box of each query's object (zeros when none);
     ``support_labels``: int64 (N,); ``query_labels``: int64 (B,), -1 for background frames;
     ``is_background``: bool (B,), True for queries without a row in ``targets``.
-Triplet batch (:class:`TripletCollator`): ``batch_type`` ``"triplet"``, ``anchor_images``,
-``positive_images``, ``negative_images`` float32 (M, 3, S, S), ``anchor_labels``, ``positive_labels``,
-``negative_labels`` int64 (M,).
-Mixed batch (:class:`MixedCollator`): ``{"batch_type": "mixed", "detection": <detection batch or None>,
-"triplet": <triplet batch or None>}``; a part is None when the batch drew no item of that kind.
+Triplet batch (:class:`TripletCollator`), from triplet items (tiny episodes: a positive and a negative frame):
+    the same keys with ``batch_type`` ``"triplet"``, plus ``triplets``: int64 (M, 3) rows
+    ``[class_idx, positive_idx, negative_idx]``: the anchor target's index among the N supports and the
+    query indices of its positive and negative frames.
+Mixed batch (:class:`MixedCollator`): ``{"batch_type": "mixed", "detection": <detection batch>,
+"triplet": <triplet batch>}``; both parts are always present.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def merge_episodes(items: list[dict]) -> dict:
+    """The detection-batch keys (all but ``batch_type``) of episode-like items (see the module docstring)."""
+    class_of: dict[int, int] = {}
+    supports = []
+    for item in items:
+        for label, images in zip(item["support_labels"].tolist(), item["support_images"], strict=True):
+            if label not in class_of:
+                class_of[label] = len(supports)
+                supports.append(images)
+    query_labels = torch.cat([item["query_labels"] for item in items])
+    query_boxes = torch.cat([item["query_boxes"] for item in items]).float()
+    rows = [
+        torch.cat([torch.tensor([b, class_of[label]], dtype=torch.float32), query_boxes[b]])
+        for b, label in enumerate(query_labels.tolist())
+        if label in class_of
+    ]
+    is_background = torch.tensor([label not in class_of for label in query_labels.tolist()], dtype=torch.bool)
+    return {
+        "query_images": torch.cat([item["query_images"] for item in items]),
+        "support_images": torch.stack(supports),
+        "targets": torch.stack(rows) if rows else torch.zeros((0, 6), dtype=torch.float32),
+        "query_boxes": query_boxes,
+        "support_labels": torch.tensor(list(class_of), dtype=torch.int64),
+        "query_labels": query_labels,
+        "is_background": is_background,
+    }
 
 
 class RefDetCollator:
@@ -28,44 +58,22 @@ class RefDetCollator:
     def __call__(self, items: list[dict]) -> dict:
         if not items:
             raise ValueError("RefDetCollator got an empty list of episodes")
-        class_of: dict[int, int] = {}
-        supports = []
-        for item in items:
-            for label, images in zip(item["support_labels"].tolist(), item["support_images"], strict=True):
-                if label not in class_of:
-                    class_of[label] = len(supports)
-                    supports.append(images)
-        query_labels = torch.cat([item["query_labels"] for item in items])
-        query_boxes = torch.cat([item["query_boxes"] for item in items])
-        rows = [
-            torch.cat([torch.tensor([b, class_of[label]], dtype=torch.float32), query_boxes[b]])
-            for b, label in enumerate(query_labels.tolist())
-            if label in class_of
-        ]
-        is_background = torch.tensor(
-            [label not in class_of for label in query_labels.tolist()], dtype=torch.bool
-        )
-        return {
-            "batch_type": "detection",
-            "query_images": torch.cat([item["query_images"] for item in items]),
-            "support_images": torch.stack(supports),
-            "targets": torch.stack(rows) if rows else torch.zeros((0, 6), dtype=torch.float32),
-            "support_labels": torch.tensor(list(class_of), dtype=torch.int64),
-            "query_labels": query_labels,
-            "is_background": is_background,
-        }
+        return {"batch_type": "detection", **merge_episodes(items)}
 
 
 class TripletCollator:
-    """Stack triplet items into one triplet batch (see the module docstring)."""
+    """Merge triplet items into one triplet batch (see the module docstring)."""
 
     def __call__(self, items: list[dict]) -> dict:
         if not items:
             raise ValueError("TripletCollator got an empty list of triplets")
-        batch = {"batch_type": "triplet"}
-        for part in ("anchor", "positive", "negative"):
-            batch[f"{part}_images"] = torch.stack([item[f"{part}_image"] for item in items])
-            batch[f"{part}_labels"] = torch.stack([item[f"{part}_label"] for item in items])
+        batch = {"batch_type": "triplet", **merge_episodes(items)}
+        class_of = {label: i for i, label in enumerate(batch["support_labels"].tolist())}
+        rows, offset = [], 0
+        for item in items:
+            rows.append([class_of[int(item["support_labels"][0])], offset, offset + 1])
+            offset += len(item["query_images"])
+        batch["triplets"] = torch.tensor(rows, dtype=torch.int64)
         return batch
 
 
@@ -81,8 +89,13 @@ class MixedCollator:
             raise ValueError(f"MixedCollator: unknown item kind(s) {sorted(map(str, unknown))}")
         detection = [item for item in items if item["kind"] == "detection"]
         triplet = [item for item in items if item["kind"] == "triplet"]
+        if not detection or not triplet:
+            raise ValueError(
+                f"MixedCollator: a mixed batch needs both kinds, got {len(detection)} episode(s) and "
+                f"{len(triplet)} triplet(s) (batch it with MixedBatchSampler)"
+            )
         return {
             "batch_type": "mixed",
-            "detection": self.detection(detection) if detection else None,
-            "triplet": self.triplet(triplet) if triplet else None,
+            "detection": self.detection(detection),
+            "triplet": self.triplet(triplet),
         }

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from refdet_edge.data.collate import MixedCollator, RefDetCollator
 from refdet_edge.data.dataset import DroneDataset
 from refdet_edge.data.episodes import EpisodicDataset
-from refdet_edge.data.mixed import MixedDataset
+from refdet_edge.data.mixed import MixedBatchSampler, MixedDataset
 from refdet_edge.data.synth import generate_synthetic
 from refdet_edge.data.triplet import TripletDataset
 from refdet_edge.training.config import TrainConfig
@@ -48,29 +48,34 @@ def build_train_loader(
         seed=cfg.seed,
         crop=cfg.crop,
     )
-    if cfg.use_triplet:
-        triplet = TripletDataset(
-            dataset, cfg.samples_per_class, cfg.negative_strategy, cfg.support_size, seed=cfg.seed
-        )
-        data = MixedDataset(episodic, triplet, 1.0 - cfg.triplet_ratio, seed=cfg.seed)
-        collate = MixedCollator()
-    else:
-        data = episodic
-        collate = RefDetCollator()
-    data.set_epoch(epoch)
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the global RNG stays untouched
+    if cfg.use_triplet:  # every batch: batch_size episodes and the triplets of --triplet-ratio
+        triplet = TripletDataset(episodic, cfg.samples_per_class, cfg.negative_strategy, seed=cfg.seed)
+        mixed = MixedDataset(episodic, triplet)
+        mixed.set_epoch(epoch)
+        batches = MixedBatchSampler(mixed, cfg.batch_size, cfg.triplet_ratio, cfg.seed, world_size, rank)
+        batches.set_epoch(epoch)
+        return DataLoader(
+            mixed,
+            batch_sampler=list(batches)[skip:],
+            generator=generator,
+            num_workers=cfg.workers,
+            collate_fn=MixedCollator(),
+            worker_init_fn=ignore_interrupts,
+        )
+    episodic.set_epoch(epoch)
     if world_size > 1:
-        sampler = DistributedSampler(data, world_size, rank, shuffle=True, seed=cfg.seed)
+        sampler = DistributedSampler(episodic, world_size, rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
         order = list(sampler)
     else:
-        order = torch.randperm(len(data), generator=generator).tolist()
+        order = torch.randperm(len(episodic), generator=generator).tolist()
     return DataLoader(
-        data,
+        episodic,
         batch_size=cfg.batch_size,
         sampler=order[skip * cfg.batch_size :],
         generator=generator,
         num_workers=cfg.workers,
-        collate_fn=collate,
+        collate_fn=RefDetCollator(),
         worker_init_fn=ignore_interrupts,
     )
