@@ -20,11 +20,11 @@ class TemporalConfig:
     """Settings of the temporal post-processing, in frames of the video (defaults for 25 fps)."""
 
     score_threshold: float = DEFAULT_SCORE_THRESHOLD  # tracks start and confirm on detections this strong
-    keep_fraction: float = 0.4  # detections down to keep_fraction * score_threshold continue a live track
+    keep_fraction: float = 0.6  # detections down to keep_fraction * score_threshold continue a live track
     confirm_frames: int = 3  # frames of the video a track's strong detections stand for to be reported
     max_gap: int = 5  # frames without a detection that a track bridges
     gate: float = 1.0  # max centre distance to the predicted box, in predicted-box diagonals
-    smooth_frames: int = 2  # half-width of the linear fit that gives the reported box
+    smooth_frames: int = 1  # half-width of the linear fit that gives the reported box
     evidence_frames: int = 12  # half-width of the window whose scores choose between tracks
 
     def __post_init__(self) -> None:
