@@ -41,7 +41,8 @@ class TrainConfig:
     )
     support_size: int = 224
     lr: float | None = None  # None: the stage's default
-    weight_decay: float = 0.05
+    weight_decay: float = 0.05  # AdamW's, on weight matrices only (never norms, biases, scalars)
+    freeze_bn: bool = True  # BatchNorm running statistics stay fixed in training (affine weights train)
     warmup_steps: int = 50
     grad_accum: int = 1
     grad_clip: float = 10.0

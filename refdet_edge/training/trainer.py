@@ -40,6 +40,7 @@ from refdet_edge.models import (
     create_model,
 )
 from refdet_edge.models.checkpoint import read_checkpoint
+from refdet_edge.training.batchnorm import calibrate_from_loader
 from refdet_edge.training.config import (
     ConfigError,
     TrainConfig,
@@ -48,6 +49,7 @@ from refdet_edge.training.config import (
     save_config,
 )
 from refdet_edge.training.loaders import build_train_loader, ensure_demo_data
+from refdet_edge.training.optim import param_groups
 from refdet_edge.training.plots import plot_training
 from refdet_edge.training.prepare import LossComputer
 from refdet_edge.training.stages import stage_spec
@@ -158,28 +160,33 @@ class Trainer:
         self.model = self._build_model(resume_ckpt).to(self.device)
         groups = self.spec.apply(self.model)
         self.weights = self.spec.loss_weights(config.triplet_weight if config.use_triplet else 0.0)
-        self.computer = LossComputer(self.model, self.weights, config.triplet_margin).to(self.device)
-        self.step_module = (
-            DistributedDataParallel(self.computer, find_unused_parameters=True)
-            if self.world_size > 1
-            else self.computer
-        )
-        param_groups = [{"params": groups["main"], "lr": self.lr, "base_lr": self.lr}]
-        if groups["support"]:
-            support_lr = self.lr * self.spec.support_lr_scale
-            param_groups.append({"params": groups["support"], "lr": support_lr, "base_lr": support_lr})
-        self.optimizer = torch.optim.AdamW(param_groups, lr=self.lr, weight_decay=config.weight_decay)
+        lrs = {"main": self.lr, "support": self.lr * self.spec.support_lr_scale}
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, groups, lrs, config.weight_decay))
         self.use_amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.ema = ModelEMA(self.model, decay=config.ema_decay, tau=config.ema_tau)
 
         self.train_data = DroneDataset(self._data_root(), "train", cache_size=config.imgsz)
         self.val_data = DroneDataset(self._data_root(), "val", cache_size=config.imgsz)
         self.validator = Validator(
             self.val_data, ValidatorConfig(batch_size=config.val_batch_size, frame_stride=config.val_stride)
         )
-        self.steps_per_epoch = len(build_train_loader(config, self.train_data, 0, self.world_size, self.rank))
+        loader = build_train_loader(config, self.train_data, 0, self.world_size, self.rank)
+        self.steps_per_epoch = len(loader)
         self.total_steps = self.epochs * max(1, self.steps_per_epoch // config.grad_accum)
+        self.computer = LossComputer(
+            self.model,
+            self.weights,
+            config.triplet_margin,
+            freeze_bn=config.freeze_bn,
+            run_batches=max(1, self.epochs * self.steps_per_epoch),
+        ).to(self.device)
+        self.step_module = (
+            DistributedDataParallel(self.computer, find_unused_parameters=True)
+            if self.world_size > 1
+            else self.computer
+        )
+        calibrate_from_loader(self.model, loader, self.device)  # random-init batch norms only, before the EMA
+        self.ema = ModelEMA(self.model, decay=config.ema_decay, tau=config.ema_tau)
 
         self.start_epoch = 0
         self.step = 0
