@@ -41,7 +41,7 @@ from torch import nn
 from refdet_edge.data.annotations import DatasetError
 from refdet_edge.data.dataset import DroneDataset, VideoRecord
 from refdet_edge.data.video import FolderFrames, open_frames
-from refdet_edge.evaluation.metrics import st_iou
+from refdet_edge.evaluation.operating_point import best_threshold
 from refdet_edge.evaluation.validator import positions
 from refdet_edge.models.weights import WeightsError, read_state_dict
 from refdet_edge.preprocess import preprocess_images, read_image_rgb
@@ -49,7 +49,6 @@ from refdet_edge.preprocess import preprocess_images, read_image_rgb
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 EMBED_MODEL = "mobilenetv2_100"
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.0, 1.0, 0.02))
 CENTRE_SHARE = 2 / 3  # side share of a reference photo kept by its "centre" variant
 
 # One frame's candidates: (N, 6) rows x1, y1, x2, y2 (original pixels), detector confidence, cosine.
@@ -257,23 +256,19 @@ def scored_boxes(candidates: dict[int, Candidates], alpha: float) -> dict[int, l
 def select(
     dataset: DroneDataset, candidates: dict[str, dict[int, Candidates]]
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """The ``alpha`` of :data:`ALPHAS` and operating threshold of :data:`THRESHOLDS` with the best mean raw
-    ST-IoU over the dataset's videos (first wins a tie); also, per alpha, its best threshold and ST-IoU."""
+    """The ``alpha`` of :data:`ALPHAS` and operating threshold with the best mean raw ST-IoU over the
+    dataset's videos (first wins a tie), the threshold chosen as training chooses its own
+    (:func:`~refdet_edge.evaluation.operating_point.best_threshold`); also, per alpha, its best threshold and
+    ST-IoU."""
+    gt = {v.video_id: positions(v, v.boxes) for v in dataset.videos}
+    frames = {v.video_id: len(v.frames) for v in dataset.videos}
     table = []
     for alpha in ALPHAS:
         scored = {
             v.video_id: positions(v, scored_boxes(candidates[v.video_id], alpha)) for v in dataset.videos
         }
-        gt = {v.video_id: positions(v, v.boxes) for v in dataset.videos}
-        frames = {v.video_id: len(v.frames) for v in dataset.videos}
-        best = max(
-            (
-                (float(np.mean([st_iou(gt[vid], scored[vid], frames[vid], t, vid) for vid in scored])), t)
-                for t in THRESHOLDS
-            ),
-            key=lambda item: item[0],
-        )
-        table.append({"alpha": alpha, "score_threshold": best[1], "st_iou": best[0]})
+        threshold, score = best_threshold(gt, scored, frames)
+        table.append({"alpha": alpha, "score_threshold": threshold, "st_iou": score})
     chosen = max(table, key=lambda row: row["st_iou"])
     return chosen, table
 

@@ -76,11 +76,11 @@ def _fail(err: Exception) -> click.ClickException:
     "--conf",
     "--score-threshold",
     "conf",
-    default=DEFAULT_SCORE_THRESHOLD,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0, 1),
     help="Operating point: the score a box needs for ST-IoU, precision, recall and false positives, and to "
-    "start a track.",
+    "start a track.  [default: the one training chose on its validation split (val/conf in --weights), "
+    f"else {DEFAULT_SCORE_THRESHOLD}]",
 )
 @click.option(
     "--raw-conf",
@@ -149,6 +149,7 @@ def eval_command(
     if (weights is None) == (predictions is None):
         raise click.UsageError("give either --weights (run a model) or --predictions (score a file)")
     mode = temporal or ("offline" if weights is not None else "off")
+    conf = _operating_point(conf, weights)
     settings = EvalSettings(conf=conf, raw_conf=raw_conf, temporal=mode, fps=fps, batch_size=batch_size)
     target = save_predictions or out / PREDICTIONS_FILE
     try:
@@ -215,11 +216,11 @@ def _reference_files(refs: Iterable[Path]) -> list[Path]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option(
     "--conf",
-    default=DEFAULT_SCORE_THRESHOLD,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0, 1),
     help="Operating point: the score a detection needs to start a track (or, with --temporal off, to be "
-    "reported); weaker ones down to a fraction of it only continue a track.",
+    "reported); weaker ones down to a fraction of it only continue a track.  [default: the one training "
+    f"chose on its validation split (val/conf in --weights), else {DEFAULT_SCORE_THRESHOLD}]",
 )
 @click.option(
     "--temporal",
@@ -282,6 +283,7 @@ def predict(
         raise click.UsageError("--video needs the target's reference photos: --refs IMG (repeatable)")
     if data is not None and (refs or video_id):
         raise click.UsageError("--data uses each video's own object_images/: drop --refs and --video-id")
+    conf = _operating_point(conf, weights)
     options = PredictOptions(temporal, TemporalConfig(score_threshold=conf), batch_size, fps, save_video)
     raw_conf = min(RAW_CONF, options.temporal.keep_threshold)
 
@@ -300,6 +302,24 @@ def predict(
     found = sum(len(r.boxes) for r in results.values())
     extras = ".csv, .mp4" if save_video else ".csv"
     click.echo(f"{len(results)} video(s), {found} frame(s) with the target: {path} (+ {extras} per video)")
+
+
+def _operating_point(conf: float | None, weights: Path | None) -> float:
+    """``--conf`` when given, else the operating point stored in the checkpoint (said on screen), else the
+    default threshold."""
+    if conf is not None:
+        return conf
+    if weights is not None:
+        from refdet_edge.evaluation.operating_point import checkpoint_conf
+
+        try:
+            stored = checkpoint_conf(weights)
+        except (ValueError, OSError) as err:
+            raise _fail(err) from None
+        if stored is not None:
+            click.echo(f"operating point {stored:g}: chosen on the validation split by training ({weights})")
+            return stored
+    return DEFAULT_SCORE_THRESHOLD
 
 
 def _report(results: dict, conf: float, raw_conf: float) -> None:
