@@ -438,7 +438,9 @@ class Trainer:
                     f"{name}: finishing this step, then saving last.pt ({name} again: quit without saving)"
                 )
 
-        previous = {s: signal.signal(s, ask_to_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, ask_to_stop)
         try:
             yield
         finally:
