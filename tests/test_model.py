@@ -1,6 +1,8 @@
-"""The reference-conditioned model: caching, reference dependence, gradients, weights, errors."""
+"""The reference-conditioned model: caching, reference dependence, the head's prior, fusion, weights, errors."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import timm
@@ -17,9 +19,13 @@ from refdet_edge.models import (
     load_model,
     load_yolo_weights,
 )
-from refdet_edge.models.prototypes import combine_references
+from refdet_edge.models.fusion import CHEAF
+from refdet_edge.models.prototypes import combine_references, grid_pool
 
-IMGSZ, SUPPORT = 64, 28
+IMGSZ, SUPPORT = 64, 64
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+COCO = SHARED / "weights" / "yolov8n-coco.pt"
+needs_coco = pytest.mark.skipif(not COCO.is_file(), reason="needs ../shared/weights/yolov8n-coco.pt")
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +34,26 @@ def model():
     return create_model(imgsz=IMGSZ, support_size=SUPPORT).eval()
 
 
-def refs(n=1, k=3, seed=1):
-    return torch.rand(n, k, 3, SUPPORT, SUPPORT, generator=torch.Generator().manual_seed(seed))
+@pytest.fixture(scope="module")
+def trained_like():
+    """A model whose zero-initialised branches (CHEAF residuals and gates) are perturbed, as after training."""
+    torch.manual_seed(0)
+    m = create_model(imgsz=IMGSZ, support_size=SUPPORT).eval()
+    with torch.no_grad():
+        for p in m.fusion.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return m
+
+
+def refs(n=1, k=3, seed=1, size=SUPPORT):
+    return torch.rand(n, k, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def pattern_refs(n=1, k=3):
+    """References unlike the uniform noise of :func:`refs`: bright squares on black."""
+    images = torch.zeros(n, k, 3, SUPPORT, SUPPORT)
+    images[..., SUPPORT // 4 : SUPPORT // 2, SUPPORT // 4 : SUPPORT // 2] = 1.0
+    return images
 
 
 def query(b=2, seed=2):
@@ -43,62 +67,87 @@ def test_cached_forward_equals_uncached(model):
         model.set_references(r)
         cached = model(q)
     model.clear_references()
-    for key in ("pred_scores", "pred_dist", "boxes"):
+    for key in ("pred_scores", "pred_dist", "boxes", "embeddings", "target_embeddings", "objectness"):
         torch.testing.assert_close(cached[key], uncached[key])
     assert cached["pred_scores"].shape == (2, 8 * 8 + 4 * 4 + 2 * 2, 2)
 
 
-def test_changing_references_changes_scores(model):
+def test_head_outputs_follow_the_contract(model):
+    q, r = query(b=3), refs(n=2)
+    with torch.no_grad():
+        out = model(q, r)
+    a, e = 8 * 8 + 4 * 4 + 2 * 2, model.head.embed_dim
+    assert out["embeddings"].shape == (3, 2, a, e)
+    assert out["target_embeddings"].shape == (2, e)
+    assert out["objectness"].shape == (3, a)
+    torch.testing.assert_close(out["embeddings"].norm(dim=-1), torch.ones(3, 2, a))
+    torch.testing.assert_close(out["target_embeddings"].norm(dim=-1), torch.ones(2))
+    head = model.head
+    cosine = torch.einsum("bnae,ne->ban", out["embeddings"], out["target_embeddings"])
+    expected = head.obj_weight * out["objectness"][..., None] + head.logit_scale * cosine + head.logit_bias
+    torch.testing.assert_close(out["pred_scores"], expected)
+
+
+def test_initial_score_is_objectness_lowered_by_identity(model):
+    """At init: logit = objectness + scale * (cosine - 1), never above the prior, equal where cosine is 1."""
+    head = model.head
+    assert head.obj_weight.item() == 1.0 and head.logit_scale.item() > 0
+    assert head.logit_bias.item() == -head.logit_scale.item()
+    with torch.no_grad():
+        out = model(query(), refs(n=2))
+    gap = out["pred_scores"] - out["objectness"][..., None]
+    assert (gap <= 1e-5).all() and (gap < -1e-3).any()
+
+
+def test_changing_references_changes_scores_not_boxes_or_objectness(trained_like):
     q = query()
     with torch.no_grad():
-        a = model(q, refs(seed=1))["pred_scores"]
-        b = model(q, refs(seed=7))["pred_scores"]
-    assert (a - b).abs().max() > 1e-3
+        a, b = trained_like(q, refs(seed=1)), trained_like(q, refs(seed=7))
+    assert (a["pred_scores"] - b["pred_scores"]).abs().max() > 1e-3
+    for key in ("boxes", "pred_dist", "objectness"):
+        torch.testing.assert_close(a[key], b[key])
 
 
-def test_fusion_output_depends_on_prototypes(model):
+def test_each_targets_scores_depend_on_its_own_references_only(trained_like):
+    """Fusion runs per target: target 0's scores with targets (A, B) equal those with (A, C) and with A alone."""
+    q = query()
+    ra, rb, rc = refs(seed=1), refs(seed=7), refs(seed=9)
     with torch.no_grad():
-        feats = model.backbone(query())
-        pa = model.encode_references(refs(seed=1)).prototypes
-        pb = model.encode_references(refs(seed=7)).prototypes
-        fa, fb = model.fusion(feats, pa), model.fusion(feats, pb)
+        ab = trained_like(q, torch.cat([ra, rb]))
+        ac = trained_like(q, torch.cat([ra, rc]))
+        alone = trained_like(q, ra)
+    torch.testing.assert_close(ab["pred_scores"][..., 0], ac["pred_scores"][..., 0])
+    torch.testing.assert_close(ab["pred_scores"][..., :1], alone["pred_scores"])
+    torch.testing.assert_close(ab["embeddings"][:, 0], alone["embeddings"][:, 0])
+    assert (ab["pred_scores"][..., 1] - ac["pred_scores"][..., 1]).abs().max() > 1e-3
+
+
+def test_cheaf_is_the_identity_at_init():
+    torch.manual_seed(0)
+    channels = (16, 32, 64)
+    fusion = CHEAF(channels).eval()
+    feats = [torch.randn(3, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate(channels)]
+    prototypes = [torch.randn(3, 5, c) for c in channels]
+    with torch.no_grad():
+        out = fusion(feats, prototypes)
+    for x, y in zip(feats, out, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_fusion_output_depends_on_prototypes_once_trained(trained_like):
+    with torch.no_grad():
+        feats = trained_like.backbone(query())
+        pa = [p.expand(2, -1, -1) for p in trained_like.encode_references(refs(seed=1)).prototypes]
+        pb = [p.expand(2, -1, -1) for p in trained_like.encode_references(pattern_refs()).prototypes]
+        fa, fb = trained_like.fusion(feats, pa), trained_like.fusion(feats, pb)
     for level_a, level_b in zip(fa, fb, strict=True):
         assert (level_a - level_b).abs().max() > 1e-4
 
 
-def test_head_scores_depend_on_prototypes(model):
-    with torch.no_grad():
-        pa = model.encode_references(refs(seed=1)).prototypes
-        pb = model.encode_references(refs(seed=7)).prototypes
-        fused = model.fusion(model.backbone(query()), pa)
-        sa, sb = model.head(fused, pa), model.head(fused, pb)
-    assert (sa["pred_scores"] - sb["pred_scores"]).abs().max() > 1e-3
-    torch.testing.assert_close(sa["pred_dist"], sb["pred_dist"])
-
-
-def test_detection_loss_reaches_every_learning_module():
-    torch.manual_seed(0)
-    m = create_model(imgsz=IMGSZ, support_size=SUPPORT).train()
-    for p in m.support.parameters():
-        p.requires_grad_(False)
-    unfrozen = m.support.last_blocks(1)
-    for module in unfrozen:
-        for p in module.parameters():
-            p.requires_grad_(True)
-    out = m(query(), refs(n=2))
-    (out["pred_scores"].sigmoid().sum() + out["boxes"].sum() * 1e-3).backward()
-
-    def grad_norm(module):
-        grads = [p.grad.norm() for p in module.parameters() if p.grad is not None]
-        return float(torch.stack(grads).norm()) if grads else 0.0
-
-    for name in ("projector", "fusion", "head", "backbone"):
-        assert grad_norm(getattr(m, name)) > 0, name
-    assert grad_norm(m.projector.levels) > 0
-    for module in unfrozen:
-        assert grad_norm(module) > 0
-    assert grad_norm(m.support.vit.blocks[0]) == 0.0
-    assert all(p.grad is None for p in m.support.vit.blocks[0].parameters())
+def test_grid_pool_equals_adaptive_average_pooling():
+    maps = torch.randn(2, 4, 7, 5)
+    expected = torch.nn.functional.adaptive_avg_pool2d(maps, 2).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(grid_pool(maps, 2), expected)
 
 
 def test_features_have_documented_shapes_and_match_detections(model):
@@ -146,7 +195,8 @@ def test_robust_combination_downweights_an_outlier():
     assert robust[0, 2] < 0.05 and robust.sum() == pytest.approx(1.0)
 
 
-def test_ultralytics_checkpoint_loads_every_backbone_tensor(tmp_path):
+def test_ultralytics_checkpoint_loads_every_tensor(tmp_path):
+    """Backbone, neck and the whole Detect layer (box towers, class towers with the 80-class layer, DFL)."""
     from ultralytics import YOLO
 
     torch.manual_seed(3)
@@ -156,13 +206,36 @@ def test_ultralytics_checkpoint_loads_every_backbone_tensor(tmp_path):
     m = create_model(imgsz=IMGSZ, support_size=SUPPORT)
     report = load_yolo_weights(m, path)
     src = {k: v.half().float() for k, v in source.model.state_dict().items()}  # ultralytics saves fp16
+    assert report == {"loaded": len(src), "unused": 0}
     ours = m.state_dict()
-    backbone = [k for k in ours if k.startswith("backbone.layers.")]
-    assert backbone and report["loaded"] >= len(backbone)
-    for key in backbone:
-        assert torch.equal(ours[key].float(), src[key.replace("backbone.layers.", "model.")]), key
-    assert torch.equal(ours["head.cv2.0.2.weight"], src["model.22.cv2.0.2.weight"])
-    assert torch.equal(ours["head.cv3.1.1.conv.weight"], src["model.22.cv3.1.1.conv.weight"])
+    for key, value in src.items():
+        index, rest = key.split(".", 2)[1:]
+        mine = f"backbone.layers.{index}.{rest}" if int(index) < 22 else f"head.{rest}"
+        assert torch.equal(ours[mine].float(), value), key
+    assert torch.equal(ours["head.cv3.2.2.weight"], src["model.22.cv3.2.2.weight"])
+
+
+@needs_coco
+def test_objectness_is_ultralytics_coco_max_class_score():
+    """With the COCO weights, sigmoid(objectness) at every anchor of a real frame is YOLOv8n's own max class
+    score there, and the boxes are its boxes."""
+    from ultralytics import YOLO
+    from ultralytics.utils.ops import xywh2xyxy
+
+    from refdet_edge.preprocess import preprocess_images, read_image_rgb
+
+    frames = sorted((SHARED / "data" / "sot" / "boat1" / "img").glob("*.jpg"))
+    if not frames:
+        pytest.skip("needs ../shared/data/sot/boat1")
+    m = create_model(imgsz=320, support_size=SUPPORT, yolo_weights=COCO).eval()
+    x, _ = preprocess_images([read_image_rgb(frames[0])], 320)
+    reference = YOLO(str(COCO)).model.float().eval()
+    with torch.no_grad():
+        expected = reference(x)[0]  # (1, 4 + 80, A): xywh boxes, class probabilities
+        out = m(x, refs())
+    torch.testing.assert_close(out["objectness"].sigmoid(), expected[:, 4:].amax(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["boxes"], xywh2xyxy(expected[:, :4].transpose(1, 2)), atol=1e-2, rtol=0)
+    assert expected[:, 4:].max() > 0.25  # a real detection among them, not an all-background frame
 
 
 def test_yolo_weights_errors_name_the_file(tmp_path):
@@ -175,20 +248,24 @@ def test_yolo_weights_errors_name_the_file(tmp_path):
         load_yolo_weights(m, bad)
 
 
+def dinov2_model():
+    return create_model(imgsz=IMGSZ, support_size=28, support_encoder="dinov2")
+
+
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
-def test_timm_state_dict_loads_into_support_encoder(tmp_path, suffix):
-    source = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=SUPPORT, num_classes=0)
+def test_timm_state_dict_loads_into_dinov2_encoder(tmp_path, suffix):
+    source = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=28, num_classes=0)
     state = source.state_dict()
     path = tmp_path / f"dinov2{suffix}"
     if suffix == ".safetensors":
         save_file(state, str(path))
     else:
         torch.save(state, path)
-    m = create_model(imgsz=IMGSZ, support_size=SUPPORT)
+    m = dinov2_model()
     report = load_dinov2_weights(m, path)
     assert report["loaded"] == len(state)
     for key, value in state.items():
-        assert torch.equal(m.support.vit.state_dict()[key], value), key
+        assert torch.equal(m.support.net.state_dict()[key], value), key
 
 
 def test_mismatched_dinov2_weights_are_rejected(tmp_path):
@@ -196,7 +273,7 @@ def test_mismatched_dinov2_weights_are_rejected(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save(other.state_dict(), path)
     with pytest.raises(WeightsError, match="tiny.pth"):
-        load_dinov2_weights(create_model(imgsz=IMGSZ, support_size=SUPPORT), path)
+        load_dinov2_weights(dinov2_model(), path)
 
 
 def test_forward_without_references_raises(model):
@@ -219,21 +296,25 @@ def test_wrong_shapes_raise_clear_errors(model, q_shape, r_shape, match):
         model(torch.rand(q_shape), torch.rand(r_shape))
 
 
-def test_config_rejects_bad_sizes():
+def test_config_rejects_bad_sizes_per_encoder():
     with pytest.raises(ValueError, match="multiple of 32"):
         ModelConfig(imgsz=100)
-    with pytest.raises(ValueError, match="multiple of 14"):
-        ModelConfig(support_size=100)
+    with pytest.raises(ValueError, match="multiple of 32 for the siamese encoder"):
+        ModelConfig(support_size=112)
+    with pytest.raises(ValueError, match="multiple of 14 for the dinov2 encoder"):
+        ModelConfig(support_size=64, support_encoder="dinov2")
+    with pytest.raises(ValueError, match="'siamese', 'dinov2' or 'timm:NAME'"):
+        ModelConfig(support_encoder="clip")
 
 
-def test_checkpoint_round_trip_and_rejection(tmp_path, model):
+def test_checkpoint_round_trip_and_rejection(tmp_path, trained_like):
     path = tmp_path / "run" / "best.pt"
-    atomic_save(checkpoint_payload(model, epoch=3), path)
+    atomic_save(checkpoint_payload(trained_like, epoch=3), path)
     assert [p.name for p in path.parent.iterdir()] == ["best.pt"]
     loaded = load_model(path).eval()
     q, r = query(), refs()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(q, r)["pred_scores"], model(q, r)["pred_scores"])
+        torch.testing.assert_close(loaded(q, r)["pred_scores"], trained_like(q, r)["pred_scores"])
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(WeightsError, match="foreign.pt: not a refdet-edge checkpoint"):

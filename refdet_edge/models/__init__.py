@@ -1,4 +1,4 @@
-"""Model: DINOv2 support encoder, YOLOv8 query backbone, CHEAF fusion and prototype head."""
+"""Model: support encoder (siamese, timm or DINOv2), YOLOv8 query backbone, CHEAF fusion and the head."""
 
 from refdet_edge.models.checkpoint import (
     atomic_save,
@@ -8,7 +8,13 @@ from refdet_edge.models.checkpoint import (
     read_checkpoint,
 )
 from refdet_edge.models.refdet import ModelConfig, RefDetModel, References
-from refdet_edge.models.weights import WeightsError, load_dinov2_weights, load_yolo_weights
+from refdet_edge.models.weights import (
+    WeightsError,
+    load_dinov2_weights,
+    load_support_weights,
+    load_timm_weights,
+    load_yolo_weights,
+)
 
 __all__ = [
     "ModelConfig",
@@ -20,6 +26,8 @@ __all__ = [
     "create_model",
     "load_dinov2_weights",
     "load_model",
+    "load_support_weights",
+    "load_timm_weights",
     "load_yolo_weights",
     "read_checkpoint",
 ]

@@ -9,22 +9,26 @@ from ultralytics.nn.tasks import DetectionModel
 STRIDES = (8, 16, 32)
 
 
+def yolo_graph(cfg: str = "yolov8n.yaml") -> DetectionModel:
+    """The ultralytics ``DetectionModel`` of ``cfg`` (80 COCO classes), initialised as ultralytics does
+    (including its Detect layer's bias prior); split into :class:`QueryBackbone` and the head's towers."""
+    return DetectionModel(cfg, verbose=False)
+
+
 class QueryBackbone(nn.Module):
-    """YOLOv8 backbone + PAN neck of an ultralytics ``DetectionModel``; its Detect layer is never run.
+    """YOLOv8 backbone + PAN neck of an ultralytics ``DetectionModel`` (every layer but its Detect layer).
 
     ``forward(images)`` returns the three neck outputs ``[P3, P4, P5]``. Layer ``i`` of the ultralytics graph
     is ``layers.i`` here, so an ultralytics state dict maps onto it by renaming ``model.`` to ``layers.``.
     """
 
-    def __init__(self, cfg: str = "yolov8n.yaml") -> None:
+    def __init__(self, graph: DetectionModel) -> None:
         super().__init__()
-        graph = DetectionModel(cfg, verbose=False)
         self.layers = graph.model[:-1]
         self.save = set(graph.save)
-        self.out_indices = list(graph.model[-1].f)
-        self.channels = tuple(
-            graph.model[-1].cv2[i][0].conv.in_channels for i in range(len(self.out_indices))
-        )
+        detect = graph.model[-1]
+        self.out_indices = list(detect.f)
+        self.channels = tuple(detect.cv2[i][0].conv.in_channels for i in range(len(self.out_indices)))
         self.strides = STRIDES
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:

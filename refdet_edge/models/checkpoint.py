@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,12 @@ import torch
 
 from refdet_edge import __version__
 from refdet_edge.models.refdet import ModelConfig, RefDetModel
-from refdet_edge.models.weights import WeightsError, load_dinov2_weights, load_yolo_weights
+from refdet_edge.models.weights import (
+    WeightsError,
+    file_build_kwargs,
+    load_support_weights,
+    load_yolo_weights,
+)
 
 CHECKPOINT_FORMAT = "refdet-edge/1"
 
@@ -20,20 +26,28 @@ CHECKPOINT_FORMAT = "refdet-edge/1"
 def create_model(
     config: ModelConfig | None = None,
     yolo_weights: str | Path | None = None,
-    dinov2_weights: str | Path | None = None,
+    support_weights: str | Path | None = None,
+    report: dict[str, dict[str, int]] | None = None,
     **overrides: Any,
 ) -> RefDetModel:
     """The one entry point for a fresh model: architecture from ``config`` (or keyword overrides of the
-    defaults), random initialisation unless local weight files are given."""
+    defaults), random initialisation unless weights are given: ``yolo_weights`` an ultralytics ``.pt``,
+    ``support_weights`` the support encoder's state dict (or ``hub``, see :func:`load_support_weights`).
+    A timm safetensors file that names its build arguments adds them to ``support_kwargs``. ``report``, when
+    given, receives each weights file's tensor counts (``{path: {"loaded": n, "unused": m}}``)."""
     if config is None:
         config = ModelConfig(**overrides)
     elif overrides:
         raise TypeError("pass either a ModelConfig or keyword overrides, not both")
+    if support_weights is not None and config.support_encoder.startswith("timm:"):
+        stated = file_build_kwargs(support_weights, config.support_encoder.removeprefix("timm:"))
+        config = replace(config, support_kwargs={**stated, **config.support_kwargs})
     model = RefDetModel(config)
+    report = {} if report is None else report
     if yolo_weights is not None:
-        load_yolo_weights(model, yolo_weights)
-    if dinov2_weights is not None:
-        load_dinov2_weights(model, dinov2_weights)
+        report[str(yolo_weights)] = load_yolo_weights(model, yolo_weights)
+    if support_weights is not None:
+        report[str(support_weights)] = load_support_weights(model, support_weights)
     return model
 
 

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refdet_edge.models.backbone import QueryBackbone
+from refdet_edge.models.backbone import QueryBackbone, yolo_graph
 from refdet_edge.models.fusion import CHEAF
 from refdet_edge.models.head import PrototypeHead
 from refdet_edge.models.prototypes import COMBINE_MODES, PrototypeProjector
-from refdet_edge.models.support import DEFAULT_SUPPORT_MODEL, SupportEncoder
+from refdet_edge.models.support import create_support_encoder, support_size_multiple
 from refdet_edge.preprocess import PAD_VALUE
+
+DEFAULT_SUPPORT_ENCODER = "siamese"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild the architecture; stored in every checkpoint."""
+    """Everything needed to rebuild the architecture; stored in every checkpoint.
+
+    ``support_encoder``: ``siamese`` | ``dinov2`` | ``timm:NAME`` (see :mod:`refdet_edge.models.support`);
+    ``support_kwargs``: keyword arguments of ``timm.create_model`` that change the graph (such as
+    ``pad_type="same"``), kept so that a checkpoint rebuilds the same graph.
+    """
 
     imgsz: int = 640
     support_size: int = 224
-    support_model: str = DEFAULT_SUPPORT_MODEL
+    support_encoder: str = DEFAULT_SUPPORT_ENCODER
+    support_kwargs: dict[str, Any] = field(default_factory=dict)
     yolo_cfg: str = "yolov8n.yaml"
     embed_dim: int = 128
-    head_embed_dim: int = 64
     reg_max: int = 16
     prototype_pool: int = 2
     combine: str = "mean"
@@ -33,8 +41,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.imgsz % 32:
             raise ValueError(f"imgsz must be a multiple of 32, got {self.imgsz}")
-        if self.support_size % 14:
-            raise ValueError(f"support_size must be a multiple of 14, got {self.support_size}")
+        multiple = support_size_multiple(self.support_encoder) or 1
+        if self.support_size <= 0 or self.support_size % multiple:
+            raise ValueError(
+                f"support_size must be a positive multiple of {multiple} for the {self.support_encoder} "
+                f"encoder, got {self.support_size}"
+            )
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
 
@@ -63,14 +75,20 @@ class RefDetModel(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         cfg = self.config
-        self.support = SupportEncoder(cfg.support_model, cfg.support_size)
-        self.backbone = QueryBackbone(cfg.yolo_cfg)
-        channels = self.backbone.channels
+        graph = yolo_graph(cfg.yolo_cfg)
+        backbone = QueryBackbone(graph)
+        channels = backbone.channels
+        self.support = create_support_encoder(
+            cfg.support_encoder, cfg.support_size, backbone, cfg.support_kwargs
+        )
+        self.backbone = backbone
         self.projector = PrototypeProjector(
-            self.support.embed_dim, channels, cfg.embed_dim, self.support.grid, cfg.prototype_pool
+            self.support.map_dims, self.support.global_dim, channels, cfg.embed_dim, cfg.prototype_pool
         )
         self.fusion = CHEAF(channels)
-        self.head = PrototypeHead(channels, self.backbone.strides, cfg.reg_max, cfg.head_embed_dim)
+        self.head = PrototypeHead(graph.model[-1], channels, backbone.strides)
+        if self.head.reg_max != cfg.reg_max:
+            raise ValueError(f"reg_max {cfg.reg_max} does not match {cfg.yolo_cfg}'s {self.head.reg_max}")
         self.query_embed = nn.Linear(channels[-1], cfg.embed_dim)
         self.fused_embed = nn.Linear(channels[-1], cfg.embed_dim)
         self._cache: References | None = None
@@ -101,8 +119,7 @@ class RefDetModel(nn.Module):
         """(N, K, 3, S, S) or (K, 3, S, S) reference images -> :class:`References` (gradients flow)."""
         images = self._check_references(images)
         n, k = images.shape[:2]
-        cls, patches = self.support(images.flatten(0, 1))
-        prototypes, embedding = self.projector(cls, patches, n, k, self.config.combine)
+        prototypes, embedding = self.projector(self.support(images.flatten(0, 1)), n, k, self.config.combine)
         return References(prototypes, embedding)
 
     @torch.no_grad()
@@ -128,10 +145,22 @@ class RefDetModel(nn.Module):
         """Support-path embedding (M, E) of single reference images (M, 3, S, S)."""
         return self.encode_references(images[:, None]).global_embedding
 
+    def _fuse_and_score(
+        self, feats: list[torch.Tensor], prototypes: list[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Neck levels of B frames and prototypes of N targets -> (detections, fused levels of the B*N
+        (frame, target) items). The backbone ran once; fusion and identity run per item."""
+        b, n = feats[0].shape[0], prototypes[0].shape[0]
+        fused = self.fusion(
+            [f[:, None].expand(-1, n, -1, -1, -1).flatten(0, 1) for f in feats],
+            [p[None].expand(b, -1, -1, -1).flatten(0, 1) for p in prototypes],
+        )
+        return self.head(feats, fused, prototypes), fused
+
     def detect(self, query: torch.Tensor, prototypes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The per-frame path: query frames and prototypes -> detections (what ``detector.onnx`` holds)."""
         self._check_query(query)
-        return self.head(self.fusion(self.backbone(query), prototypes), prototypes)
+        return self._fuse_and_score(self.backbone(query), prototypes)[0]
 
     def forward(
         self, query: torch.Tensor, references: torch.Tensor | None = None, return_features: bool = False
@@ -139,8 +168,9 @@ class RefDetModel(nn.Module):
         """Detections of every target in every query frame; see :meth:`PrototypeHead.forward` for the keys.
 
         With ``return_features=True`` the result is ``{"detections": ..., "features": {...}}`` with
-        ``support_global`` (N, E), ``query_global`` (B, E), ``fused_global`` (B, E) and ``prototypes``
-        (list of (N, T, C_l)), all from the same single pass.
+        ``support_global`` (N, E), ``query_global`` (B, E), ``fused_global`` (B, E) (the mean over the N
+        targets of each frame's fused P5 embedding) and ``prototypes`` (list of (N, T, C_l)), all from the
+        same single pass.
         """
         self._check_query(query)
         if references is not None:
@@ -152,14 +182,14 @@ class RefDetModel(nn.Module):
                 "no references: call model.set_references(images) first or pass forward(query, references)"
             )
         feats = self.backbone(query)
-        fused = self.fusion(feats, refs.prototypes)
-        detections = self.head(fused, refs.prototypes)
+        detections, fused = self._fuse_and_score(feats, refs.prototypes)
         if not return_features:
             return detections
+        fused_global = self.fused_embed(fused[-1].mean((2, 3))).unflatten(0, (query.shape[0], -1)).mean(1)
         features = {
             "support_global": refs.global_embedding,
             "query_global": self.query_embed(feats[-1].mean((2, 3))),
-            "fused_global": self.fused_embed(fused[-1].mean((2, 3))),
+            "fused_global": fused_global,
             "prototypes": refs.prototypes,
         }
         return {"detections": detections, "features": features}

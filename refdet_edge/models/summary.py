@@ -22,8 +22,12 @@ def _gflops(fn, *args) -> float:
 
 def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
     """Parameters per module, and GFLOPs (2 x multiply-accumulates, as ultralytics counts them) of the
-    per-frame path (one query frame at ``imgsz`` against one target) and of the support encoder (one
-    target's ``num_refs`` reference images at ``support_size``)."""
+    per-frame path (one query frame at ``imgsz`` against one target) and of the support path (the chosen
+    encoder and the projector on one target's ``num_refs`` reference images at ``support_size``).
+
+    The siamese encoder has no parameters of its own: ``support_path.shared_params`` counts the backbone
+    weights it runs, which ``params`` and ``total_params`` count once, under ``backbone``.
+    """
     cfg = model.config
     was_training = model.training
     model.eval()
@@ -35,12 +39,27 @@ def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
     support = _gflops(model.encode_references, refs)
     model.train(was_training)
     modules = {name: _params(mod) for name, mod in model.named_children()}
+    shared = modules["backbone"] if cfg.support_encoder == "siamese" else 0
     return {
         "imgsz": cfg.imgsz,
         "support_size": cfg.support_size,
         "num_refs": num_refs,
         "params": modules,
         "per_frame": {"params": sum(modules[m] for m in PER_FRAME_MODULES), "gflops": per_frame},
-        "support_path": {"params": modules["support"] + modules["projector"], "gflops": support},
+        "support_path": {
+            "encoder": cfg.support_encoder,
+            "params": modules["support"] + modules["projector"],
+            "shared_params": shared,
+            "gflops": support,
+        },
         "total_params": _params(model),
     }
+
+
+def yolov8n_summary(imgsz: int = 640) -> dict:
+    """Parameters and GFLOPs of plain YOLOv8n (the ultralytics ``DetectionModel`` of ``yolov8n.yaml``, 80
+    classes, random weights) on one ``imgsz`` frame, counted as :func:`model_summary` counts."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    net = DetectionModel("yolov8n.yaml", verbose=False).eval()
+    return {"params": _params(net), "gflops": _gflops(net, torch.zeros(1, 3, imgsz, imgsz))}

@@ -5,6 +5,10 @@
 | 1 base | query backbone, fusion, head (support encoder frozen) | box + DFL + BCE |
 | 2 meta | + prototype projections, global embeddings, last support blocks | + SupCon + CPE |
 | 3 fine-tune | the same modules at a lower learning rate | + triplet |
+
+"Last support blocks" are defined by the encoder (``stage_parameters``): DINOv2 and timm ViTs their last
+transformer blocks and final norm, timm CNNs their last stages and head convolution. The siamese encoder is
+the query backbone itself, so it trains with the backbone from stage 1 on.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ EMBEDDING_MODULES = (*DETECTOR_MODULES, "projector", "query_embed", "fused_embed
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage: trainable top-level modules of :class:`RefDetModel`, unfrozen support blocks, base
+    """One stage: trainable top-level modules of :class:`RefDetModel`, unfrozen support block groups, base
     learning rate (the support blocks train at ``support_lr_scale`` times it) and loss weights."""
 
     stage: int
@@ -46,8 +50,9 @@ class StageSpec:
         """Freeze everything, unfreeze this stage's modules; returns the trainable parameters by group
         (``main`` and ``support``), each parameter in exactly one group."""
         model.requires_grad_(False)
-        main = [p for name in self.modules for p in getattr(model, name).parameters()]
-        support = [p for block in model.support.last_blocks(self.support_blocks) for p in block.parameters()]
+        fixed = {id(p) for p in model.head.dfl.parameters()}  # the DFL's fixed 0..reg_max-1 projection
+        main = [p for name in self.modules for p in getattr(model, name).parameters() if id(p) not in fixed]
+        support = model.support.stage_parameters(self.support_blocks)
         for p in (*main, *support):
             p.requires_grad_(True)
         return {"main": main, "support": support}
