@@ -6,7 +6,7 @@ with ``refdet train --config runs/x/config.yaml``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,23 @@ NEGATIVE_STRATEGIES = ("background", "cross_class", "mixed")
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the file (if any) and the field."""
+
+
+def _encoder_ok(name: str) -> bool:
+    from refdet_edge.models.support import check_encoder_name
+
+    try:
+        check_encoder_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _support_multiple(name: str) -> int:
+    """What the support size must be a multiple of (a timm model's own rule is checked when it is built)."""
+    from refdet_edge.models.support import SIZE_MULTIPLE
+
+    return SIZE_MULTIPLE.get(name, 1)
 
 
 @dataclass(frozen=True)
@@ -52,7 +69,9 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2
     yolo_weights: str | None = None
-    dinov2_weights: str | None = None
+    support_encoder: str = "siamese"  # siamese (the query backbone) | dinov2 | timm:NAME
+    support_weights: str | None = None  # the support encoder's state dict, or "hub" (a download through timm)
+    support_kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model arguments of timm:NAME
     weights: str | None = None  # previous stage's checkpoint to start from
     resume: str | None = None  # last.pt of an interrupted run; the run's own settings come from it
     out: str = "runs/train"
@@ -85,9 +104,15 @@ class TrainConfig:
                 "must be a multiple of 32 no larger than imgsz",
             ),
             (
+                "support_encoder",
+                _encoder_ok(self.support_encoder),
+                "must be siamese, dinov2 or timm:NAME",
+            ),
+            (
                 "support_size",
-                self.support_size > 0 and self.support_size % 14 == 0,
-                "must be a positive multiple of 14",
+                self.support_size > 0 and self.support_size % _support_multiple(self.support_encoder) == 0,
+                f"must be a positive multiple of {_support_multiple(self.support_encoder)} for the "
+                f"{self.support_encoder} encoder",
             ),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("val_stride", self.val_stride >= 1, "must be >= 1"),
