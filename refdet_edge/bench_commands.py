@@ -49,9 +49,11 @@ from refdet_edge.benchmark import PAIR_KEYS
 )
 @click.option(
     "--threads",
-    default=0,
+    default=1,
+    show_default=True,
     type=click.IntRange(min=0),
-    help="Intra-op threads of torch and ONNX Runtime alike [default: one per physical core].",
+    help="Intra-op threads of torch and ONNX Runtime alike (0: one per physical core). One thread gives the "
+    "figures that repeat on a machine other processes share.",
 )
 @click.option(
     "--pair",

@@ -4,6 +4,7 @@ each pair's sides at tiny sizes. No timing is asserted."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -45,20 +46,31 @@ def test_interleaved_latencies_alternate_order_and_divide_by_samples():
     cand = measure.Side(lambda: calls.append("c"), samples=4)
     times = measure.interleaved_latencies(base, cand, repeats=3, warmup=1, device=torch.device("cpu"))
     assert calls == ["b", "c", "b", "c", "c", "b", "b", "c"]
-    assert len(times.baseline) == len(times.candidate) == 3
-    assert all(t >= 0 for t in times.baseline + times.candidate)
+    assert len(times.baseline) == len(times.candidate) == len(times.candidate_cpu) == 3
+    assert all(t >= 0 for t in times.baseline + times.candidate + times.baseline_cpu + times.candidate_cpu)
+
+
+def test_cpu_time_leaves_out_waiting_and_counts_work():
+    def busy():
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+
+    sleeper, worker = measure.Side(lambda: time.sleep(0.02)), measure.Side(busy)
+    times = measure.interleaved_latencies(sleeper, worker, repeats=2, warmup=0, device=torch.device("cpu"))
+    assert min(times.baseline) >= 20 and max(times.baseline_cpu) < 10  # waiting: wall time, little CPU
+    assert min(times.candidate_cpu) >= 20 and times.spread(cpu=True)["min"] > 2
 
 
 def test_round_ratios_and_their_spread():
-    times = measure.Latencies(baseline=[10.0, 10.0, 20.0, 10.0], candidate=[12.0, 11.0, 20.0, 30.0])
-    assert times.round_ratios == [1.2, 1.1, 1.0, 3.0]
+    times = measure.Latencies([10.0, 10.0, 20.0, 10.0], [12.0, 11.0, 20.0, 30.0], [1.0] * 4, [2.0] * 4)
+    assert times.round_ratios() == [1.2, 1.1, 1.0, 3.0] and times.round_ratios(cpu=True) == [2.0] * 4
     spread = times.spread()
     assert spread["min"] == 1.0 and spread["max"] == 3.0
     assert spread["median"] == pytest.approx(1.15)  # one disturbed round moves the median little
     assert spread["q1"] <= spread["median"] <= spread["q3"]
-    assert measure.Latencies([5.0], [10.0]).spread() == dict.fromkeys(
-        ("min", "q1", "median", "q3", "max"), 2.0
-    )
+    one_round = measure.Latencies([5.0], [10.0], [5.0], [10.0])
+    assert one_round.spread() == dict.fromkeys(("min", "q1", "median", "q3", "max"), 2.0)
 
 
 def test_result_dict_table_and_json(tmp_path):
@@ -70,6 +82,7 @@ def test_result_dict_table_and_json(tmp_path):
         baseline_ms=10.0,
         candidate_ms=10.6,
         spread={"min": 0.98, "q1": 1.02, "median": 1.05, "q3": 1.07, "max": 1.31},
+        cpu_spread={"min": 1.01, "q1": 1.03, "median": 1.04, "q3": 1.05, "max": 1.06},
         baseline_memory_mb=200.0,
         candidate_memory_mb=220.0,
         latency_target="latency <= 1.03x",
@@ -82,11 +95,11 @@ def test_result_dict_table_and_json(tmp_path):
     )
     entry = result.to_dict()
     assert entry["latency_ratio"] == 1.05 and entry["memory_ratio"] == 1.1  # the median round, not 10.6 / 10
-    assert entry["latency_ratio_spread"]["max"] == 1.31
+    assert entry["latency_ratio_spread"]["max"] == 1.31 and entry["cpu_time_ratio"] == 1.04
     assert entry["baseline_median_ms"] == 10.0 and entry["latency_met"] is False
     table = report.format_table([result, skipped])
     assert "features_vs_plain" in table and "1.05x" in table and "1.100x" in table
-    assert "1.02-1.07 (0.98-1.31)" in table
+    assert "1.02-1.07 (0.98-1.31)" in table and "1.04x" in table
     assert "latency <= 1.03x: missed; memory <= 1.05x: missed" in table
     assert "skipped: no CUDA" in table
     settings = BenchSettings(str(tmp_path), **TINY)

@@ -115,7 +115,7 @@ def support_path(settings: BenchSettings) -> dict[str, Any]:
     side = Side(torch.inference_mode()(lambda: model.encode_references(refs)))
     for _ in range(settings.warmup):
         side.run()
-    times = [time_per_sample_ms(side, settings.torch_device) for _ in range(settings.repeats)]
+    times = [time_per_sample_ms(side, settings.torch_device)[0] for _ in range(settings.repeats)]
     return {
         "encoder": model.config.support_encoder,
         "refs": settings.refs,

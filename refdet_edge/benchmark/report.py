@@ -19,7 +19,11 @@ MEMORY_CPU = (
     "(memory_floor_mb)"
 )
 MEMORY_CUDA = "torch.cuda.max_memory_allocated in a fresh process per side"
-LATENCY_RATIO = "median of the per-round ratios (candidate / baseline, the two calls of one round)"
+LATENCY_RATIO = (
+    "median of the per-round ratios (candidate / baseline, the two calls of one round), of wall-clock time; "
+    "cpu_time_ratio: the same of this process's CPU time (on CPU), which time spent waiting for a core held "
+    "by another process does not count"
+)
 
 
 def ratio(candidate: float | None, baseline: float | None) -> float | None:
@@ -35,7 +39,8 @@ def rounded(value: float | None, digits: int) -> float | None:
 @dataclass
 class PairResult:
     """The figures of one pair; :meth:`to_dict` is its JSON entry. ``spread`` holds the min, quartiles and
-    max of the per-round latency ratios; the latency ratio is their median."""
+    max of the per-round latency ratios, the latency ratio is their median; ``cpu_spread`` the same of the
+    per-round CPU-time ratios (CPU devices only)."""
 
     key: str
     baseline: str
@@ -46,6 +51,7 @@ class PairResult:
     baseline_min_ms: float | None = None
     candidate_min_ms: float | None = None
     spread: dict[str, float] | None = None
+    cpu_spread: dict[str, float] | None = None
     baseline_memory_mb: float | None = None
     candidate_memory_mb: float | None = None
     latency_target: str | None = None
@@ -64,6 +70,10 @@ class PairResult:
         return ratio(self.candidate_ms, self.baseline_ms)
 
     @property
+    def cpu_ratio(self) -> float | None:
+        return None if self.cpu_spread is None else self.cpu_spread["median"]
+
+    @property
     def memory_ratio(self) -> float | None:
         return ratio(self.candidate_memory_mb, self.baseline_memory_mb)
 
@@ -75,9 +85,9 @@ class PairResult:
             "baseline_median_ms": rounded(self.baseline_ms, 3),
             "candidate_median_ms": rounded(self.candidate_ms, 3),
             "latency_ratio": rounded(self.latency_ratio, 3),
-            "latency_ratio_spread": (
-                None if self.spread is None else {k: round(v, 3) for k, v in self.spread.items()}
-            ),
+            "latency_ratio_spread": _rounded_spread(self.spread),
+            "cpu_time_ratio": rounded(self.cpu_ratio, 3),
+            "cpu_time_ratio_spread": _rounded_spread(self.cpu_spread),
             "baseline_min_ms": rounded(self.baseline_min_ms, 3),
             "candidate_min_ms": rounded(self.candidate_min_ms, 3),
             "min_latency_ratio": rounded(ratio(self.candidate_min_ms, self.baseline_min_ms), 3),
@@ -93,6 +103,10 @@ class PairResult:
             "skipped": self.skipped,
             **self.extra,
         }
+
+
+def _rounded_spread(spread: dict[str, float] | None) -> dict[str, float] | None:
+    return None if spread is None else {k: round(v, 3) for k, v in spread.items()}
 
 
 def _fmt(value: float | None, digits: int, suffix: str = "") -> str:
@@ -113,8 +127,8 @@ def _spread_cell(spread: dict[str, float] | None) -> str:
 
 
 def format_table(results: list[PairResult]) -> str:
-    """One row per pair: medians, latency ratio and the spread of the per-round ratios, peak memories,
-    memory ratio, targets with met/missed."""
+    """One row per pair: medians, latency ratio and the spread of the per-round ratios, the CPU-time ratio,
+    peak memories, memory ratio, targets with met/missed."""
     header = (
         "pair",
         "unit",
@@ -122,6 +136,7 @@ def format_table(results: list[PairResult]) -> str:
         "cand ms",
         "ratio",
         "rounds q1-q3 (min-max)",
+        "cpu ratio",
         "base MB",
         "cand MB",
         "ratio",
@@ -130,7 +145,7 @@ def format_table(results: list[PairResult]) -> str:
     rows = [header]
     for r in results:
         if r.skipped:
-            rows.append((r.key, r.unit, *["-"] * 7, f"skipped: {r.skipped}"))
+            rows.append((r.key, r.unit, *["-"] * 8, f"skipped: {r.skipped}"))
             continue
         verdicts = [
             v
@@ -145,6 +160,7 @@ def format_table(results: list[PairResult]) -> str:
                 _fmt(r.candidate_ms, 1),
                 _fmt(r.latency_ratio, 2, "x"),
                 _spread_cell(r.spread),
+                _fmt(r.cpu_ratio, 2, "x"),
                 _fmt(r.baseline_memory_mb, 0),
                 _fmt(r.candidate_memory_mb, 0),
                 _fmt(r.memory_ratio, 3, "x"),

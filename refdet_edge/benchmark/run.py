@@ -48,6 +48,8 @@ def run_pair(key: str, settings: BenchSettings, memory: bool = True) -> PairResu
     result.candidate_ms = statistics.median(times.candidate)
     result.baseline_min_ms, result.candidate_min_ms = min(times.baseline), min(times.candidate)
     result.spread = times.spread()
+    if settings.torch_device.type == "cpu":
+        result.cpu_spread = times.spread(cpu=True)
     if spec.latency_target:
         result.latency_met = spec.latency_target.met(result.latency_ratio)
     result.extra = spec.extra(result)

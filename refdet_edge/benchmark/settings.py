@@ -16,10 +16,11 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What every pair is measured at. ``workdir`` holds prepared files (ONNX exports, a video);
-    ``threads`` is the intra-op thread count of both torch and ONNX Runtime (0: :func:`default_threads`);
-    ``support_encoder`` the model's encoder (None: the ``ModelConfig`` default), whose rules the sizes
-    must follow."""
+    """What every pair is measured at. ``workdir`` holds prepared files (ONNX exports, a video).
+    ``threads`` is the intra-op thread count of both torch and ONNX Runtime (0: :func:`default_threads`); one
+    by default: a call then never waits for a second thread that another process holds up (on a shared
+    2-core machine, 2-thread figures varied from round to round between 0.5x and 3x). ``support_encoder``
+    is the model's encoder (None: the ``ModelConfig`` default); the sizes must follow its rules."""
 
     workdir: str
     imgsz: int = 640
@@ -29,7 +30,7 @@ class BenchSettings:
     repeats: int = 20
     warmup: int = 3
     refs: int = 3
-    threads: int = 0
+    threads: int = 1
     support_encoder: str | None = None
 
     def __post_init__(self) -> None:
