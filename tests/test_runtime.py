@@ -17,7 +17,7 @@ from refdet_edge.export.profiles import profiles_for
 from refdet_edge.models import WeightsError, atomic_save, checkpoint_payload, create_model
 from refdet_edge.postprocess import postprocess
 
-IMGSZ, SUPPORT = 64, 28
+IMGSZ, SUPPORT = 64, 64
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,8 @@ def test_other_references_give_other_scores(backends):
     onnx_rt.set_references(images(3, 8))
     first = onnx_rt.infer(batch)[1]
     onnx_rt.set_references(images(3, 9))
-    assert (onnx_rt.infer(batch)[1] - first).abs().max() > 1e-4
+    second = onnx_rt.infer(batch)[1]
+    assert (torch.logit(second) - torch.logit(first)).abs().max() > 1e-3  # a random model's scores are tiny
 
 
 def test_batches_above_max_batch_run_in_chunks(backends):

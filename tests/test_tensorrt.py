@@ -19,7 +19,7 @@ from refdet_edge.export.onnx_export import DETECTOR_FILE, SUPPORT_FILE
 from refdet_edge.export.tensorrt import profile_shapes
 from refdet_edge.models import atomic_save, checkpoint_payload, create_model
 
-IMGSZ, SUPPORT = 64, 28
+IMGSZ, SUPPORT = 64, 64
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 needs_trt = pytest.mark.skipif(not HAS_TRT, reason="needs the tensorrt package and a CUDA GPU")
 

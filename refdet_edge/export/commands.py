@@ -24,13 +24,16 @@ def _load_model(
                 )
             return model, str(weights)
         defaults = ModelConfig()
+        encoder = "dinov2" if dinov2_weights is not None else defaults.support_encoder
         model = create_model(
             yolo_weights=yolo_weights,
-            dinov2_weights=dinov2_weights,
+            support_weights=dinov2_weights,
             imgsz=imgsz or defaults.imgsz,
             support_size=support_size or defaults.support_size,
+            support_encoder=encoder,
         )
-        return model, f"fresh model: yolo {yolo_weights}, dinov2 {dinov2_weights or 'random'}, rest random"
+        weights_of = f" from {dinov2_weights}" if dinov2_weights is not None else ""
+        return model, f"fresh model: yolo {yolo_weights}, {encoder} support encoder{weights_of}, rest random"
     except WeightsError as err:
         raise click.ClickException(str(err)) from None
     except ValueError as err:
@@ -133,7 +136,11 @@ def _parity_failed(out_dir: Path, metadata: dict, keep: bool) -> None:
     "--calib-frames", default=256, show_default=True, help="Calibration frames, spread over the videos."
 )
 @click.option("--imgsz", type=int, help="Query frame size, multiple of 32 [default: the checkpoint's].")
-@click.option("--support-size", type=int, help="Reference size, multiple of 14 [default: the checkpoint's].")
+@click.option(
+    "--support-size",
+    type=int,
+    help="Reference size, a multiple of 32 (siamese) or 14 (dinov2) [default: the checkpoint's].",
+)
 @click.option("--refs-max", type=click.IntRange(1), help=f"Most references per target [{DEFAULT_REFS_MAX}].")
 @click.option("--targets-max", type=click.IntRange(1), help=f"Most targets at once [{DEFAULT_TARGETS_MAX}].")
 @click.option("--batch-max", type=click.IntRange(1), help=f"Largest frame batch [{DEFAULT_BATCH_MAX}].")
@@ -194,10 +201,8 @@ def export(
         )
     if imgsz is not None and (imgsz < 32 or imgsz % 32):
         raise click.BadParameter(f"must be a positive multiple of 32, got {imgsz}", param_hint="--imgsz")
-    if support_size is not None and (support_size < 14 or support_size % 14):
-        raise click.BadParameter(
-            f"must be a positive multiple of 14, got {support_size}", param_hint="--support-size"
-        )
+    if support_size is not None and support_size < 1:  # the multiple it must be is the encoder's
+        raise click.BadParameter(f"must be positive, got {support_size}", param_hint="--support-size")
     try:
         calibration = calibration_frames(calib_data, calib_frames) if int8 else None
     except ExportError as err:

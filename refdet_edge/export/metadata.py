@@ -12,7 +12,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 
 from refdet_edge import __version__
 from refdet_edge.models import RefDetModel
-from refdet_edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PAD_VALUE
+from refdet_edge.preprocess import PAD_VALUE
 
 METADATA_FILE = "metadata.json"
 METADATA_FORMAT = "refdet-edge-export/1"
@@ -64,9 +64,11 @@ def build_metadata(
             "color": "RGB",
             "input_range": "[0, 1] (uint8 / 255)",
             "letterbox": {"square": True, "pad_value": PAD_VALUE, "centered": True},
-            "support_mean": list(IMAGENET_MEAN),
-            "support_std": list(IMAGENET_STD),
-            "in_graph": "support_encoder.onnx applies ImageNet mean/std itself; detector.onnx takes [0, 1] frames",
+            "support_encoder": model.config.support_encoder,
+            "support_mean": model.support.mean.flatten().tolist(),
+            "support_std": model.support.std.flatten().tolist(),
+            "in_graph": "support_encoder.onnx applies the encoder's mean/std itself (siamese: none, as the "
+            "detector); detector.onnx takes [0, 1] frames",
         },
         "outputs": {
             "boxes": "xyxy in model-input (letterboxed) pixels",
