@@ -42,11 +42,31 @@ def test_demo_size_small_frames_large_targets_and_deterministic(tmp_path):
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360
 
 
+def vivid_share(root: Path) -> float:
+    """Share of vivid pixels (look-alikes are painted in saturated colours; terrain and roofs are muted) on
+    the frames without the target."""
+    boxes = load_annotations(root / "annotations" / "annotations.json")
+    shares = []
+    for video_id, frames in boxes.items():
+        for path in sorted((root / "samples" / video_id / "frames").glob("*.jpg")):
+            if int(path.stem) not in frames:
+                hsv = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2HSV)
+                shares.append(float(((hsv[..., 1] > 210) & (hsv[..., 2] > 100)).mean()))
+    return max(shares)
+
+
+def test_look_alikes_option_sets_the_distractors(tmp_path):
+    args = dict(videos=1, frames=20, seed=1, workers=1, frame_size=(640, 360), target_px=(24.0, 80.0))
+    assert vivid_share(generate_synthetic(tmp_path / "none", look_alikes=(0, 0), **args)) == 0.0
+    assert vivid_share(generate_synthetic(tmp_path / "six", look_alikes=(6, 6), **args)) > 1e-4
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         (dict(target_px=(30.0, 20.0)), "4 <= min <= max"),
         (dict(frame_size=(320, 180), target_px=(24.0, 80.0)), "at least 4 x the largest target"),
+        (dict(look_alikes=(3, 1)), "look-alikes need 0 <= min <= max"),
     ],
 )
 def test_bad_sizes_are_refused(tmp_path, kwargs, message):
@@ -58,7 +78,9 @@ def test_bad_sizes_are_refused(tmp_path, kwargs, message):
 def test_synth_command_sizes(tmp_path):
     out = tmp_path / "demo"
     args = ["data", "synth", "--out", str(out), "--videos", "1", "--frames", "20", "--workers", "1"]
-    result = CliRunner().invoke(cli, [*args, "--frame-size", "480x272", "--target-size", "20-60"])
+    result = CliRunner().invoke(
+        cli, [*args, "--frame-size", "480x272", "--target-size", "20-60", "--look-alikes", "0-1"]
+    )
     assert result.exit_code == 0, result.output
     assert "of 480x272" in result.output
     assert cv2.imread(str(next((out / "samples").glob("*/frames/000000.jpg")))).shape == (272, 480, 3)

@@ -45,6 +45,13 @@ def data() -> None:
     callback=lambda ctx, param, value: _pair(param, value, "-", float),
     help="MIN-MAX of the target's long side in frame pixels (one size per video, log-uniform).",
 )
+@click.option(
+    "--look-alikes",
+    default="4-6",
+    show_default=True,
+    callback=lambda ctx, param, value: _pair(param, value, "-", int),
+    help="MIN-MAX look-alike distractors per video.",
+)
 def synth(
     out: Path,
     videos: int,
@@ -54,6 +61,7 @@ def synth(
     workers: int | None,
     frame_size: tuple[int, int],
     target_size: tuple[float, float],
+    look_alikes: tuple[int, int],
 ) -> None:
     """Generate a synthetic drone-video dataset.
 
@@ -66,8 +74,9 @@ def synth(
     \b
     Examples:
       refdet data synth --out synth_data --videos 8 --frames 120 --seed 0
-      # the small set of `make demo`: small frames, large targets
-      refdet data synth --out demo_data --videos 6 --frames 100 --frame-size 640x360 --target-size 24-80
+      # a small set like that of `make demo`: small frames, large targets, fewer look-alikes
+      refdet data synth --out demo_data --videos 6 --frames 100 --frame-size 640x360 --target-size 24-80 \\
+          --look-alikes 1-2
     """
     from refdet_edge.data.synth import generate_synthetic
 
@@ -82,6 +91,7 @@ def synth(
             workers=workers,
             frame_size=frame_size,
             target_px=target_size,
+            look_alikes=look_alikes,
         )
     except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from None
@@ -93,14 +103,14 @@ def synth(
 
 
 def _pair(param: click.Parameter, value: str, sep: str, kind: type) -> tuple:
-    """``A<sep>B`` as two positive numbers of ``kind``; a bad value is a one-line usage error."""
+    """``A<sep>B`` as two non-negative numbers of ``kind``; a bad value is a one-line usage error."""
     parts = value.lower().split(sep)
     try:
         pair = tuple(kind(p) for p in parts)
     except ValueError:
         pair = ()
-    if len(pair) != 2 or min(pair) <= 0:
-        raise click.BadParameter(f"expected two positive numbers as A{sep}B, got {value!r}", param=param)
+    if len(pair) != 2 or min(pair) < 0:
+        raise click.BadParameter(f"expected two non-negative numbers as A{sep}B, got {value!r}", param=param)
     return pair
 
 

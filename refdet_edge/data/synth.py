@@ -5,7 +5,8 @@ turns and changes altitude over procedurally textured terrain (fields, water, fo
 distractors (the target's shape in another colour, its colour in another shape, its shape and colour with
 another pattern) lie on the ground all the time; the target itself is visible only in a few intervals covering
 about a quarter of the frames (at least 60% of the frames are background), by default at 10-60 px in a 1280x720
-frame (``frame_size`` and ``target_px`` choose others: the demo's small frames with large targets).
+frame (``frame_size``, ``target_px`` and ``look_alikes`` choose others: the demo's small frames with large
+targets and fewer look-alikes).
 The reference photos show the target from the ground: much larger, tilted in perspective, under other light,
 on another background.
 
@@ -32,6 +33,7 @@ from refdet_edge.preprocess import encode_jpeg
 
 FRAME_SIZE = (1280, 720)
 TARGET_PX = (14.0, 50.0)  # range of the target's long side before rotation, in frame pixels (log-uniform)
+LOOK_ALIKES = (4, 6)  # range of the number of look-alike distractors per video
 DISTRACTOR_SCALE = (12 / 14, 42 / 50)  # look-alike sizes relative to the ends of the target range
 SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 JPEG_QUALITY = 90
@@ -363,6 +365,7 @@ def _render_video(
     refs: int,
     frame_size: tuple[int, int],
     target_px: tuple[float, float],
+    look_alikes: tuple[int, int],
 ) -> dict[int, Box]:
     rng = np.random.default_rng([seed, index, 1])
     sample = out / "samples" / video_id
@@ -381,7 +384,7 @@ def _render_video(
     edge = 1.2 * large  # keep the target's centre this far inside the frame
     centre = np.array([fw / 2, fh / 2])
     distractors = []
-    for look in _look_alikes(rng, spec, int(rng.integers(4, 7))):
+    for look in _look_alikes(rng, spec, int(rng.integers(look_alikes[0], look_alikes[1] + 1))):
         t = int(rng.integers(0, frames))
         where_ = _to_world(cameras[t], centre + rng.uniform(-0.4, 0.4, 2) * (fw, fh))
         distractors.append(
@@ -444,13 +447,15 @@ def generate_synthetic(
     workers: int | None = None,
     frame_size: tuple[int, int] = FRAME_SIZE,
     target_px: tuple[float, float] = TARGET_PX,
+    look_alikes: tuple[int, int] = LOOK_ALIKES,
 ) -> Path:
     """Write a synthetic dataset of ``videos`` videos of ``frames`` frames into ``out``; returns ``out``.
 
     Frames are ``frame_size`` (width, height) pixels; each target's long side is drawn log-uniformly from
-    ``target_px`` (min, max) once per video. Videos are rendered in ``workers`` processes (default: one per
-    CPU core); the same arguments always give byte-identical files, whatever the number of workers. ``out``
-    may exist; files it already holds for the same video ids are overwritten.
+    ``target_px`` (min, max) once per video, and the number of look-alike distractors from ``look_alikes``
+    (min, max). Videos are rendered in ``workers`` processes (default: one per CPU core); the same arguments
+    always give byte-identical files, whatever the number of workers. ``out`` may exist; files it already
+    holds for the same video ids are overwritten.
     """
     if videos < 1 or frames < 20 or refs < 1:
         raise ValueError(f"need videos >= 1, frames >= 20 and refs >= 1, got {videos}, {frames}, {refs}")
@@ -464,11 +469,24 @@ def generate_synthetic(
             f"frames of {frame_size[0]}x{frame_size[1]} px are too small for {large:g} px targets "
             f"(each side must be at least 4 x the largest target, {4 * large:g} px)"
         )
+    if not 0 <= look_alikes[0] <= look_alikes[1]:
+        raise ValueError(f"look-alikes need 0 <= min <= max, got {look_alikes[0]}-{look_alikes[1]}")
     out = Path(out)
     specs = _target_specs(np.random.default_rng([seed, 0xD5]), videos)
     video_ids = [f"{spec.name}_{index}" for index, spec in enumerate(specs)]
     jobs = [
-        (out, vid, spec, frames, seed, index, refs, tuple(frame_size), (float(small), float(large)))
+        (
+            out,
+            vid,
+            spec,
+            frames,
+            seed,
+            index,
+            refs,
+            tuple(frame_size),
+            (float(small), float(large)),
+            look_alikes,
+        )
         for index, (vid, spec) in enumerate(zip(video_ids, specs, strict=True))
     ]
     workers = min(videos, workers or os.cpu_count() or 1)
