@@ -46,13 +46,15 @@ class StageSpec:
             triplet=triplet_weight if self.stage > 1 else 0.0,
         )
 
-    def apply(self, model: RefDetModel) -> dict[str, list[nn.Parameter]]:
-        """Freeze everything, unfreeze this stage's modules; returns the trainable parameters by group
-        (``main`` and ``support``), each parameter in exactly one group."""
+    def apply(self, model: RefDetModel, freeze: tuple[str, ...] = ()) -> dict[str, list[nn.Parameter]]:
+        """Freeze everything, unfreeze this stage's modules except the parameters whose name starts with one
+        of ``freeze`` (e.g. ``backbone``, ``head.cv2``: kept as loaded, as ultralytics' ``freeze``); returns
+        the trainable parameters by group (``main`` and ``support``), each parameter in exactly one group."""
         model.requires_grad_(False)
         fixed = {id(p) for p in model.head.dfl.parameters()}  # the DFL's fixed 0..reg_max-1 projection
+        fixed |= {id(p) for name, p in model.named_parameters() if name.startswith(freeze)}
         main = [p for name in self.modules for p in getattr(model, name).parameters() if id(p) not in fixed]
-        support = model.support.stage_parameters(self.support_blocks)
+        support = [p for p in model.support.stage_parameters(self.support_blocks) if id(p) not in fixed]
         for p in (*main, *support):
             p.requires_grad_(True)
         return {"main": main, "support": support}
