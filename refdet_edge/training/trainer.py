@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ultralytics.utils.torch_utils import ModelEMA
 
 from refdet_edge.data.dataset import DroneDataset
+from refdet_edge.data.splits import split_kind
 from refdet_edge.evaluation.validator import Validator, ValidatorConfig, scored_frames
 from refdet_edge.losses import combine
 from refdet_edge.models import (
@@ -157,6 +158,7 @@ class Trainer:
 
         resume_ckpt = self._read_resume() if config.resume else None
         self.start_metrics: dict | None = None  # validation of --weights, when it was run on the same data
+        self.loaded: dict[str, dict[str, int]] = {}  # weights files read: tensors loaded and left unused
         self.model = self._build_model(resume_ckpt).to(self.device)
         groups = self.spec.apply(self.model)
         self.weights = self.spec.loss_weights(config.triplet_weight if config.use_triplet else 0.0)
@@ -211,6 +213,39 @@ class Trainer:
             raise ConfigError(f"{self.cfg.resume}: resuming needs the run's data folder; give it with --data")
         return ensure_demo_data()
 
+    def describe(self) -> list[str]:
+        """What the run is, printed as it starts: device, starting weights, support encoder, data, schedule."""
+        device = str(self.device)
+        if self.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)}{', AMP' if self.use_amp else ''})"
+        else:
+            device += f" ({torch.get_num_threads()} threads)"
+        if self.cfg.resume is not None:
+            weights = f"resumed from {self.cfg.resume} at {self.position()}"
+        elif self.loaded:
+            weights = "; ".join(
+                f"{path}: {n['loaded']} tensors matched" + (f", {n['unused']} unused" if n["unused"] else "")
+                for path, n in self.loaded.items()
+            )
+        else:
+            weights = "random initialisation"
+        arch = self.model.config
+        own = list(self.model.support.parameters())
+        support = f"{arch.support_encoder} at {arch.support_size} px, " + (
+            f"{sum(p.numel() for p in own) / 1e6:.2f} M parameters "
+            f"({sum(p.numel() for p in own if p.requires_grad) / 1e6:.2f} M trained in this stage)"
+        )
+        if not own:
+            support = f"{arch.support_encoder} (the query backbone's weights) at {arch.support_size} px"
+        return [
+            f"device: {device}",
+            f"weights: {weights}",
+            f"support encoder: {support}",
+            f"data: {self.cfg.data}: {len(self.train_data.videos)} training videos, "
+            f"{len(self.val_data.videos)} validation videos ({split_kind(Path(self.cfg.data), 'val')})",
+            f"stage {self.cfg.stage}: {self.epochs} epochs x {self.steps_per_epoch} steps, into {self.out}",
+        ]
+
     def position(self) -> str:
         """Where the run stands: epoch, batches trained of it, optimizer steps."""
         if self.epoch >= self.epochs:
@@ -261,6 +296,7 @@ class Trainer:
                 )
             model = RefDetModel(arch)
             model.load_state_dict(ckpt["model"])
+            self.loaded[cfg.weights] = {"loaded": len(ckpt["model"]), "unused": 0}
             previous = ckpt.get("train_config", {})
             if "metrics" in ckpt and (previous.get("data"), previous.get("imgsz")) == (cfg.data, cfg.imgsz):
                 self.start_metrics = {k: v for k, v in ckpt["metrics"].items() if k.startswith("val/")}
@@ -481,6 +517,8 @@ class Trainer:
         """
         with self._stop_on_signal():
             if self.main:
+                for line in self.describe():
+                    tqdm.write(line)
                 self.out.mkdir(parents=True, exist_ok=True)
                 for stale in self.out.glob(".*.pt.*.tmp"):  # left by a run killed while writing a checkpoint
                     stale.unlink()
