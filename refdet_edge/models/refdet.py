@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from refdet_edge.models.backbone import QueryBackbone, yolo_graph
@@ -14,7 +13,6 @@ from refdet_edge.models.fusion import CHEAF
 from refdet_edge.models.head import PrototypeHead
 from refdet_edge.models.prototypes import COMBINE_MODES, PrototypeProjector
 from refdet_edge.models.support import create_support_encoder, support_size_multiple
-from refdet_edge.preprocess import PAD_VALUE
 
 DEFAULT_SUPPORT_ENCODER = "siamese"
 
@@ -130,20 +128,6 @@ class RefDetModel(nn.Module):
 
     def clear_references(self) -> None:
         self._cache = None
-
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Query-path embedding (M, E) of images or crops of any size (padded with the letterbox grey to a
-        multiple of 32 on the right and bottom): the projected average pool of P5."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (M, 3, H, W), got shape {tuple(images.shape)}")
-        pad_h, pad_w = -images.shape[2] % 32, -images.shape[3] % 32
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h), value=PAD_VALUE / 255)
-        return self.query_embed(self.backbone(images)[-1].mean((2, 3)))
-
-    def embed_references(self, images: torch.Tensor) -> torch.Tensor:
-        """Support-path embedding (M, E) of single reference images (M, 3, S, S)."""
-        return self.encode_references(images[:, None]).global_embedding
 
     def _fuse_and_score(
         self, feats: list[torch.Tensor], prototypes: list[torch.Tensor]
