@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import click
+import yaml
 
 from refdet_edge.training.config import NEGATIVE_STRATEGIES, ConfigError, TrainConfig, load_config
 
@@ -64,7 +65,11 @@ EPILOG = """Examples:
 @click.option(
     "--crop", type=int, help="Train on CROP x CROP windows of the imgsz frames (targets keep their size)."
 )
-@click.option("--support-size", type=int, help="Reference size, a multiple of 14.  [default: 224]")
+@click.option(
+    "--support-size",
+    type=int,
+    help="Reference size: a multiple of 32 (siamese, CNNs) or 14 (dinov2).  [default: 224]",
+)
 @click.option("--lr", type=float, help="Base learning rate.  [default: the stage's: 1e-3, 5e-4, 1e-4]")
 @click.option("--device", help="auto, cpu, cuda, cuda:1.  [default: auto]")
 @click.option("--workers", type=int, help="DataLoader worker processes.  [default: 2]")
@@ -72,9 +77,22 @@ EPILOG = """Examples:
     "--yolo-weights", type=click.Path(dir_okay=False), help="ultralytics YOLOv8n .pt to start from."
 )
 @click.option(
+    "--support-encoder",
+    help="siamese (the query backbone, from --yolo-weights), dinov2 or timm:NAME.  [default: siamese]",
+)
+@click.option(
+    "--support-weights",
+    help="The support encoder's state dict (.safetensors/.pth), or 'hub' to download it through timm.",
+)
+@click.option(
+    "--support-kwargs",
+    callback=lambda ctx, param, value: parse_kwargs(value),
+    help="timm.create_model arguments of a timm:NAME encoder, KEY=VALUE[,KEY=VALUE] (e.g. pad_type=same).",
+)
+@click.option(
     "--dinov2-weights",
     type=click.Path(dir_okay=False),
-    help="DINOv2 ViT-S/14 state dict (.pth/.safetensors).",
+    help="DINOv2 ViT-S/14 state dict (.pth/.safetensors): --support-encoder dinov2 --support-weights PATH.",
 )
 @click.option(
     "--weights", type=click.Path(dir_okay=False), help="Checkpoint of a previous stage to start from."
@@ -102,7 +120,7 @@ def train(config_path: str | None, **flags) -> None:
     from refdet_edge.training.trainer import Trainer, TrainingError
 
     try:
-        config = load_config(config_path, **{k.replace("-", "_"): v for k, v in flags.items()})
+        config = load_config(config_path, **dinov2_alias(flags))
         trainer = Trainer(config)
         trainer.fit()
     except (ConfigError, DatasetError, WeightsError, TrainingError) as err:
@@ -120,6 +138,29 @@ def train(config_path: str | None, **flags) -> None:
         click.echo(summary_table(trainer.history, trainer.cfg))
         if not trainer.best_written:
             click.echo(f"{trainer.out / 'best.pt'}: kept from the earlier run (no epoch of this run beat it)")
+
+
+def parse_kwargs(value: str | None) -> dict | None:
+    """``KEY=VALUE[,KEY=VALUE]`` -> a dict, each value read as YAML (numbers and booleans keep their type)."""
+    if value is None:
+        return None
+    pairs = [p.strip() for p in value.split(",") if p.strip()]
+    if any("=" not in p for p in pairs):
+        raise click.BadParameter(
+            f"expected KEY=VALUE[,KEY=VALUE], got {value!r}", param_hint="--support-kwargs"
+        )
+    return {k.strip(): yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def dinov2_alias(flags: dict) -> dict:
+    """``--dinov2-weights PATH`` as ``--support-encoder dinov2 --support-weights PATH``."""
+    flags = dict(flags)
+    path = flags.pop("dinov2_weights", None)
+    if path is not None:
+        if flags.get("support_encoder") not in (None, "dinov2") or flags.get("support_weights") is not None:
+            raise ConfigError("--dinov2-weights: give it alone, or --support-encoder and --support-weights")
+        flags.update(support_encoder="dinov2", support_weights=path)
+    return flags
 
 
 SUMMARY_ROWS = (

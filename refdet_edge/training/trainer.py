@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,12 +110,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def grad_norms(model: RefDetModel) -> dict[str, float]:
-    """L2 norm of the gradient of each module group (0.0 for a group that received none)."""
-    norms = {}
+def grad_norms(model: RefDetModel) -> dict[str, float | None]:
+    """L2 norm of the gradient of each module group (0.0 for a group that received none; None for a group
+    without parameters of its own, such as the siamese support encoder, whose shared weights are counted
+    once, under ``backbone``)."""
+    norms: dict[str, float | None] = {}
     for group in GRAD_GROUPS:
-        grads = [p.grad.detach().norm() for p in getattr(model, group).parameters() if p.grad is not None]
-        norms[group] = float(torch.stack(grads).norm()) if grads else 0.0
+        params = list(getattr(model, group).parameters())
+        grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+        norms[group] = (float(torch.stack(grads).norm()) if grads else 0.0) if params else None
     return norms
 
 
@@ -294,6 +298,11 @@ class Trainer:
                     f"{cfg.weights}: field 'config.support_size' is {arch.support_size}, "
                     f"but --support-size is {cfg.support_size}"
                 )
+            if arch.support_encoder != cfg.support_encoder:
+                raise ConfigError(
+                    f"{cfg.weights}: field 'config.support_encoder' is {arch.support_encoder!r}, "
+                    f"but --support-encoder is {cfg.support_encoder!r}"
+                )
             model = RefDetModel(arch)
             model.load_state_dict(ckpt["model"])
             self.loaded[cfg.weights] = {"loaded": len(ckpt["model"]), "unused": 0}
@@ -301,9 +310,28 @@ class Trainer:
             if "metrics" in ckpt and (previous.get("data"), previous.get("imgsz")) == (cfg.data, cfg.imgsz):
                 self.start_metrics = {k: v for k, v in ckpt["metrics"].items() if k.startswith("val/")}
             return model
-        return create_model(
-            ModelConfig(imgsz=cfg.imgsz, support_size=cfg.support_size), cfg.yolo_weights, cfg.dinov2_weights
-        )
+        try:
+            arch = ModelConfig(
+                imgsz=cfg.imgsz,
+                support_size=cfg.support_size,
+                support_encoder=cfg.support_encoder,
+                support_kwargs=cfg.support_kwargs,
+            )
+            model = create_model(arch, cfg.yolo_weights, cfg.support_weights, report=self.loaded)
+        except WeightsError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"support_encoder {cfg.support_encoder!r}: {err}") from None
+        siamese = cfg.support_encoder == "siamese"
+        if (cfg.yolo_weights if siamese else cfg.support_weights) is None:
+            flag = "--yolo-weights" if siamese else "--support-weights"
+            warnings.warn(
+                f"RANDOM SUPPORT ENCODER: {cfg.support_encoder} starts from random weights (no {flag}); "
+                "a random encoder cannot describe objects it never saw, so the detector will not find unseen "
+                "targets",
+                stacklevel=2,
+            )
+        return model
 
     def _restore(self, ckpt: dict) -> None:
         state = ckpt["train_state"]
