@@ -23,6 +23,8 @@ from torch import nn
 from ultralytics.nn.modules.head import Detect
 from ultralytics.utils.tal import dist2bbox, make_anchors
 
+# Of 0.5-8, the best-ranking start on ../shared/data/sot with COCO weights and an untrained siamese encoder
+# (max-score anchor on the target in 44.7% of frames; objectness alone 44.0%).
 INIT_LOGIT_SCALE = 2.0
 
 
