@@ -170,7 +170,10 @@ SUMMARY_ROWS = (
     ("recall", "val/recall"),
     ("FP per background frame", "val/fp_per_background_frame"),
     ("ST-IoU (raw)", "val/st_iou"),
-    ("ST-IoU (temporal)", "val/st_iou_temporal"),
+    ("ST-IoU (online)", "val/st_iou_online"),
+    ("ST-IoU (offline)", "val/st_iou_offline"),
+    ("operating point (chosen)", "val/conf"),
+    ("ST-IoU at it (raw)", "val/st_iou_at_conf"),
 )
 
 

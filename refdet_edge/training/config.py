@@ -60,6 +60,7 @@ class TrainConfig:
     lr: float | None = None  # None: the stage's default
     weight_decay: float = 0.05  # AdamW's, on weight matrices only (never norms, biases, scalars)
     freeze_bn: bool = True  # BatchNorm running statistics stay fixed in training (affine weights train)
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept as loaded in every stage
     warmup_steps: int = 50
     grad_accum: int = 1
     grad_clip: float = 10.0
@@ -115,6 +116,11 @@ class TrainConfig:
                 f"{self.support_encoder} encoder",
             ),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            (
+                "freeze",
+                isinstance(self.freeze, list) and all(isinstance(f, str) and f for f in self.freeze),
+                "must be a list of parameter-name prefixes such as backbone or head.cv2",
+            ),
             ("val_stride", self.val_stride >= 1, "must be >= 1"),
             ("n_way", self.n_way >= 1, "must be >= 1"),
             ("k_shot", self.k_shot >= 1, "must be >= 1"),

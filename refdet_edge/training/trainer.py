@@ -31,6 +31,7 @@ from ultralytics.utils.torch_utils import ModelEMA
 
 from refdet_edge.data.dataset import DroneDataset
 from refdet_edge.data.splits import split_kind
+from refdet_edge.evaluation.operating_point import choose_operating_point
 from refdet_edge.evaluation.validator import Validator, ValidatorConfig, scored_frames
 from refdet_edge.losses import combine
 from refdet_edge.models import (
@@ -123,10 +124,12 @@ def grad_norms(model: RefDetModel) -> dict[str, float | None]:
 
 
 def fitness(row: dict) -> float:
-    """What ``best.pt`` maximises: the mean of validation mAP@0.5 and raw ST-IoU (each frame's best detection
-    over the operating threshold). Raw itself, so the model chosen never depends on the temporal
-    post-processing; online and offline ST-IoU are logged beside it."""
-    return 0.5 * (row["val/map50"] or 0.0) + 0.5 * (row["val/st_iou"] or 0.0)
+    """What ``best.pt`` maximises: the mean of validation mAP@0.5 and raw ST-IoU (each frame's best detection)
+    at the operating point chosen on that validation (``val/conf``; rows without one: at the default
+    threshold). Raw, so the model chosen never depends on the temporal post-processing; online and offline
+    ST-IoU are logged beside it."""
+    st_iou = row.get("val/st_iou_at_conf")
+    return 0.5 * (row["val/map50"] or 0.0) + 0.5 * ((row["val/st_iou"] if st_iou is None else st_iou) or 0.0)
 
 
 def lr_factor(step: int, warmup: int, total: int, final: float = 0.01) -> float:
@@ -164,7 +167,7 @@ class Trainer:
         self.start_metrics: dict | None = None  # validation of --weights, when it was run on the same data
         self.loaded: dict[str, dict[str, int]] = {}  # weights files read: tensors loaded and left unused
         self.model = self._build_model(resume_ckpt).to(self.device)
-        groups = self.spec.apply(self.model)
+        groups = self.spec.apply(self.model, tuple(config.freeze))
         self.weights = self.spec.loss_weights(config.triplet_weight if config.use_triplet else 0.0)
         lrs = {"main": self.lr, "support": self.lr * self.spec.support_lr_scale}
         self.optimizer = torch.optim.AdamW(param_groups(self.model, groups, lrs, config.weight_decay))
@@ -511,11 +514,17 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def validate(self) -> dict:
+    def validate(self) -> dict[str, float]:
+        """The EMA model's ``val/`` figures: raw metrics at the default threshold, online and offline ST-IoU,
+        and the operating point chosen on this validation (``val/conf``, ``val/st_iou_at_conf``)."""
         total = sum(len(scored_frames(v, self.cfg.val_stride)) for v in self.val_data.videos)
         with tqdm(total=total, desc="validation", unit="frame", leave=False) as bar:
-            metrics, _ = self.validator(self.ema.ema, bar.update)
-        return metrics
+            metrics, raw = self.validator(self.ema.ema, bar.update)
+        scores = {f"val/{k}": metrics["raw"]["overall"][k] for k in METRIC_KEYS}
+        scores.update({f"val/st_iou_{m}": metrics[m]["overall"]["st_iou"] for m in ("online", "offline")})
+        point = choose_operating_point(self.validator, raw)
+        scores.update({"val/conf": point["conf"], "val/st_iou_at_conf": point["st_iou"]})
+        return scores
 
     def _record(
         self, epoch: int, losses: dict[str, float], seconds: float, scores: dict | None = None
@@ -524,11 +533,7 @@ class Trainer:
         row, write checkpoints, results.csv and plots."""
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({f"loss/{k}": v for k, v in losses.items()})
-        if scores is None:
-            metrics = self.validate()
-            scores = {f"val/{k}": metrics["raw"]["overall"][k] for k in METRIC_KEYS}
-            scores.update({f"val/st_iou_{m}": metrics[m]["overall"]["st_iou"] for m in ("online", "offline")})
-        row.update(scores)
+        row.update(self.validate() if scores is None else scores)
         row["fitness"] = fitness(row)
         row["bad_steps"] = self.bad_steps
         row["epoch_seconds"] = seconds
