@@ -31,3 +31,21 @@ def test_best_threshold_averages_over_videos():
     assert threshold <= 0.3 and score == pytest.approx(1.0)
     assert best_threshold(gt, pred, {"a": 1, "b": 1}, thresholds=(0.5,))[1] == pytest.approx(0.5)
     assert THRESHOLDS[0] == 0.0 and THRESHOLDS == tuple(sorted(THRESHOLDS))
+
+
+def test_checkpoint_operating_point_becomes_the_default_conf(tmp_path):
+    from refdet_edge.evaluation.commands import _operating_point
+    from refdet_edge.evaluation.operating_point import checkpoint_conf
+    from refdet_edge.evaluation.settings import DEFAULT_SCORE_THRESHOLD
+    from refdet_edge.models import ModelConfig, atomic_save, checkpoint_payload, create_model
+
+    model = create_model(ModelConfig(imgsz=64, support_size=64))
+    chosen, plain = tmp_path / "chosen.pt", tmp_path / "plain.pt"
+    atomic_save(checkpoint_payload(model, metrics={"val/conf": 0.42}), chosen)
+    atomic_save(checkpoint_payload(model), plain)
+    assert checkpoint_conf(chosen) == pytest.approx(0.42)
+    assert checkpoint_conf(plain) is None
+    assert _operating_point(None, chosen) == pytest.approx(0.42)
+    assert _operating_point(0.3, chosen) == 0.3  # an explicit --conf wins
+    assert _operating_point(None, plain) == DEFAULT_SCORE_THRESHOLD
+    assert _operating_point(None, None) == DEFAULT_SCORE_THRESHOLD
