@@ -42,7 +42,7 @@ from refdet_edge.benchmark import PAIR_KEYS
     default=20,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Timed rounds (one call per side, interleaved; training steps: at most 5).",
+    help="Timed rounds (one call per side, interleaved; training steps: at most 10).",
 )
 @click.option(
     "--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="Untimed calls per side."

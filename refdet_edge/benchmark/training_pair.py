@@ -12,7 +12,7 @@ from refdet_edge.benchmark.settings import BenchSettings
 
 TRAIN_EPISODES, N_WAY, K_SHOT, N_QUERY = 2, 2, 3, 4  # the `refdet train` defaults (batch of 2 episodes)
 TRIPLET_RATIO, TRIPLET_WEIGHT = 0.5, 0.5  # the typical stage-3 run: --triplet-ratio 0.5 --triplet-weight 0.5
-TRAIN_MAX_REPEATS = 5  # training steps are seconds each on a CPU
+TRAIN_MAX_REPEATS = 10  # training steps are seconds each on a CPU
 
 
 def train_items() -> tuple[int, int]:
