@@ -95,24 +95,27 @@ def test_parity_figures_at_export_cover_1_and_3_targets_batch_1_and_2(exported):
 
 def confident_checkpoint(path, imgsz):
     """A checkpoint scored like a trained model: most anchors near zero (where the old check's near-zero
-    ties reordered NMS), a few confident ones. The head's logit scale is raised and its bias set so the best
-    anchor on the parity scenes has logit 3."""
+    ties reordered NMS), a few confident ones. The head's logit (objectness weight, cosine scale and bias)
+    is stretched so the parity scenes' logits span 12 units from their median to their best, which is 3."""
     torch.manual_seed(0)
     model = create_model(imgsz=imgsz, support_size=SUPPORT).eval()
-    inputs = parity.synthetic_inputs()
+    head, inputs = model.head, parity.synthetic_inputs()
     frames, _ = preprocess_images(inputs.frames, imgsz)
     with torch.no_grad():
-        model.head.logit_scale.fill_(40.0)
         logits = model(frames, parity._references(inputs, 3, SUPPORT))["pred_scores"]
-        model.head.logit_bias.sub_(float(logits.max()) - 3.0)
+        stretch = 12.0 / float(logits.max() - logits.median())
+        for weight in (head.obj_weight, head.logit_scale, head.logit_bias):
+            weight.mul_(stretch)
+        head.logit_bias.sub_(stretch * float(logits.max()) - 3.0)
+        scores = model(frames, parity._references(inputs, 3, SUPPORT))["pred_scores"].sigmoid()
     atomic_save(checkpoint_payload(model), path)
-    return logits.sigmoid()
+    return scores
 
 
 @pytest.mark.slow
 def test_export_of_a_trained_like_checkpoint_passes_parity_on_its_confident_boxes(tmp_path):
     scores = confident_checkpoint(tmp_path / "trained.pt", 128)
-    assert float((scores < 1e-3).float().mean()) > 0.25  # many near zero, as after training
+    assert float((scores < 1e-3).float().mean()) > 0.4 and float(scores.max()) > 0.9  # as after training
     result = run("--weights", tmp_path / "trained.pt", "--out", tmp_path / "export")
     assert result.exit_code == 0, result.output
     figures = read_metadata(tmp_path / "export")["parity"]
