@@ -335,3 +335,13 @@ def test_ctrl_c_in_refdet_train_saves_and_resume_alone_finishes_the_run(tiny_dat
     assert resumed.returncode == 0, stderr[-2000:]
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     assert_same_run(out / "last.pt", tmp_path / "straight" / "last.pt")
+
+
+def test_ultralytics_pt_is_named_even_after_ultralytics_safe_loader_ran(tmp_path):
+    # ultralytics' safe loader (used for --yolo-weights) allows its model classes for the whole process, so
+    # torch.load(weights_only=True) would then load an ultralytics checkpoint: the hint must not depend on it
+    from ultralytics.nn.tasks import torch_safe_load
+
+    path = tiny_ultralytics_pt(tmp_path / "yolo.pt")
+    torch_safe_load(str(path), safe_only=True)
+    assert one_line_error(path).endswith("an ultralytics checkpoint: use --yolo-weights")

@@ -87,17 +87,27 @@ def checkpoint_payload(model: RefDetModel, **extra: Any) -> dict[str, Any]:
     }
 
 
+ULTRALYTICS_HINT = "an ultralytics checkpoint: use --yolo-weights"
+
+
+def _pickles_ultralytics_model(path: Path) -> bool:
+    """Whether the torch archive at ``path`` pickles an ultralytics model (judged from its bytes, nothing
+    unpickled). Checked before loading: once ultralytics' own safe loader has run in the process (it does
+    for ``--yolo-weights``), its model classes are allowed globals and ``weights_only=True`` would load one."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
+        return bool(pickles) and b"ultralytics.nn." in archive.read(pickles[0])
+
+
 def _why_unreadable(path: Path) -> str:
     """What a file that ``torch.load(weights_only=True)`` refused is, judged from its bytes (nothing is
-    unpickled): cut short, an ultralytics checkpoint, or something else."""
+    unpickled): cut short, or something else."""
     with open(path, "rb") as f:
         head = f.read(4)
     if not zipfile.is_zipfile(path):
         return "truncated (the file ends early)" if head in (b"", b"PK\x03\x04") else "not a checkpoint"
-    with zipfile.ZipFile(path) as archive:
-        pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
-        if pickles and b"ultralytics" in archive.read(pickles[0]):
-            return "an ultralytics checkpoint: use --yolo-weights"
     return "not a refdet-edge checkpoint (it holds Python objects, not only tensors)"
 
 
@@ -116,6 +126,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint")
+    if _pickles_ultralytics_model(path):
+        raise WeightsError(f"{path}: {ULTRALYTICS_HINT}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
