@@ -2,10 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export YOLO_OFFLINE := 1
+YOLO_OFFLINE ?= 1
+export YOLO_OFFLINE
 export MPLBACKEND := Agg
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast bench lint clean unseen baseline real
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,21 +14,69 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# Pretrained YOLOv8n weights make the short demo schedule learn far more; any ultralytics yolov8n.pt will do.
-# Without one the demo still runs, from random weights.
-YOLO_WEIGHTS ?= $(wildcard ../shared/weights/yolov8n-coco.pt)
+# The demo: a small synthetic set (small frames, large targets) and a short schedule that learns from random
+# weights in minutes. It starts from COCO YOLOv8n weights when there are some: YOLO_WEIGHTS=path/to/yolov8n.pt,
+# else ../shared/weights/yolov8n-coco.pt, else ultralytics' download of yolov8n.pt, which it tries only with
+# YOLO_OFFLINE=0 and a network (refdet_edge/demo/yolo.py).
+YOLO_WEIGHTS ?=
+SHARED_YOLO := ../shared/weights/yolov8n-coco.pt
+DEMO_DATA ?= demo_data
 DEMO_RUNS ?= runs/demo
+DEMO_CONFIG ?= configs/demo.yaml
+DEMO_SYNTH := --videos 6 --frames 100 --frame-size 640x360 --target-size 24-80 --seed 0
 REFDET := $(VENV)/bin/refdet
 
 demo: $(STAMP)
-	test -f demo_data/annotations/annotations.json || $(REFDET) data synth --out demo_data
-	$(REFDET) train --config configs/demo.yaml --stage 1 --epochs 6 --lr 2e-3 \
-		$(if $(YOLO_WEIGHTS),--yolo-weights $(YOLO_WEIGHTS)) --out $(DEMO_RUNS)/stage1
-	$(REFDET) train --config configs/demo.yaml --stage 2 --epochs 2 \
+	test -f $(DEMO_DATA)/annotations/annotations.json || $(REFDET) data synth --out $(DEMO_DATA) $(DEMO_SYNTH)
+	rm -rf $(DEMO_RUNS) && mkdir -p $(DEMO_RUNS)
+	$(PY) -m refdet_edge.demo.yolo --given "$(YOLO_WEIGHTS)" --shared $(SHARED_YOLO) \
+		--cache runs/weights/yolov8n.pt > $(DEMO_RUNS)/yolo_weights.txt
+	W=$$(cat $(DEMO_RUNS)/yolo_weights.txt); $(REFDET) train --config $(DEMO_CONFIG) --data $(DEMO_DATA) \
+		--stage 1 $${W:+--yolo-weights "$$W"} --out $(DEMO_RUNS)/stage1
+	$(REFDET) train --config $(DEMO_CONFIG) --data $(DEMO_DATA) --stage 2 --epochs 1 \
 		--weights $(DEMO_RUNS)/stage1/best.pt --out $(DEMO_RUNS)/stage2
-	$(REFDET) train --config configs/demo.yaml --stage 3 --epochs 3 --use-triplet --triplet-ratio 0.5 \
-		--triplet-weight 0.5 --weights $(DEMO_RUNS)/stage2/best.pt --out $(DEMO_RUNS)/stage3
-	$(REFDET) eval --weights $(DEMO_RUNS)/stage3/best.pt --data demo_data --split val --out $(DEMO_RUNS)/eval
+	rm -f $(DEMO_RUNS)/stage*/last.pt
+	$(REFDET) eval --weights $(DEMO_RUNS)/stage2/best.pt --data $(DEMO_DATA) --split val --out $(DEMO_RUNS)/eval
+	V=$$(ls $(DEMO_DATA)/samples | head -n 1); $(REFDET) predict --weights $(DEMO_RUNS)/stage2/best.pt \
+		--refs $(DEMO_DATA)/samples/$$V/object_images --video $(DEMO_DATA)/samples/$$V/frames \
+		--out $(DEMO_RUNS)/predict && $(PY) -m refdet_edge.demo.summary --eval $(DEMO_RUNS)/eval \
+		--clip $(DEMO_RUNS)/predict/$$V.mp4
+
+# Real footage from ../shared/data (UAV123, DTB70, UAVDT, LaSOT and OTB sequences, never in this repository).
+# `make unseen`: the object split behind the README's figures (7 test objects never trained on, 4 validation
+# objects that choose best.pt and the operating point), configs/unseen.yaml, then eval on the unseen test objects
+# and on the later frames of the training objects. `make baseline`: the two-stage baseline on the same split.
+# `make real`: the model to try on new footage, trained the same way on every object (none held out).
+SHARED_DATA ?= ../shared/data
+SOT_SEQUENCES = $(wildcard $(SHARED_DATA)/sot/*/) $(wildcard $(SHARED_DATA)/sot_more/*/)
+IMPORT := --thin-to 100 --absent-ratio 0.6
+UNSEEN_RUNS ?= runs/unseen/siamese
+BASELINE_RUNS ?= runs/unseen/baseline
+
+real_data/unseen/splits.json: | $(STAMP)
+	$(REFDET) data import-sot $(SOT_SEQUENCES) --out real_data/unseen --split-by object $(IMPORT) \
+		--test-objects boat1,truck4,person11,wakeboard7,Animal3,building5,MountainBike6 \
+		--val-objects group1_1,S0601,Biker,Dog1
+
+real_data/all/splits.json: | $(STAMP)
+	$(REFDET) data import-sot $(SOT_SEQUENCES) --out real_data/all --split-by time $(IMPORT)
+
+unseen: $(STAMP) real_data/unseen/splits.json
+	$(REFDET) train --config configs/unseen.yaml --stage 1 --epochs 3 --lr 5e-4 --out $(UNSEEN_RUNS)/stage1
+	for split in test seen; do $(REFDET) eval --weights $(UNSEEN_RUNS)/stage1/best.pt --data real_data/unseen \
+		--split $$split --out $(UNSEEN_RUNS)/eval_$$split || exit 1; done
+
+baseline: $(STAMP) real_data/unseen/splits.json
+	$(PY) benchmarks/two_stage_baseline.py --data real_data/unseen --split val --out $(BASELINE_RUNS)/raw_val.json
+	for split in test seen; do $(PY) benchmarks/two_stage_baseline.py --data real_data/unseen --split $$split \
+		--out $(BASELINE_RUNS)/raw_$$split.json --selection $(BASELINE_RUNS)/raw_val.selection.json \
+		&& $(REFDET) eval --predictions $(BASELINE_RUNS)/raw_$$split.json --data real_data/unseen --split $$split \
+		--conf $$($(PY) -c "import json; print(json.load(open('$(BASELINE_RUNS)/raw_val.selection.json'))['chosen']['score_threshold'])") \
+		--temporal offline --out $(BASELINE_RUNS)/eval_$$split || exit 1; done
+
+real: $(STAMP) real_data/all/splits.json
+	$(REFDET) train --config configs/unseen.yaml --data real_data/all --stage 1 --epochs 3 --lr 5e-4 \
+		--out runs/real/stage1
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check refdet_edge tests benchmarks
