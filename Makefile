@@ -14,30 +14,32 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# The demo: a small synthetic set (small frames, large targets) and a short schedule that learns from random
-# weights in minutes. It starts from COCO YOLOv8n weights when there are some: YOLO_WEIGHTS=path/to/yolov8n.pt,
-# else ../shared/weights/yolov8n-coco.pt, else ultralytics' download of yolov8n.pt, which it tries only with
-# YOLO_OFFLINE=0 and a network (refdet_edge/demo/yolo.py).
+# The demo: a small synthetic set (small frames, large targets, few look-alikes) and a short schedule that
+# learns from random weights in minutes (configs/demo.yaml). It starts from COCO YOLOv8n weights when there are
+# some (configs/demo-coco.yaml): YOLO_WEIGHTS=path/to/yolov8n.pt, else ../shared/weights/yolov8n-coco.pt, else
+# ultralytics' download of yolov8n.pt, which it tries only with YOLO_OFFLINE=0 and a network
+# (refdet_edge/demo/yolo.py). One training stage; it keeps best.pt and removes the resumable last.pt.
 YOLO_WEIGHTS ?=
 SHARED_YOLO := ../shared/weights/yolov8n-coco.pt
 DEMO_DATA ?= demo_data
 DEMO_RUNS ?= runs/demo
 DEMO_CONFIG ?= configs/demo.yaml
-DEMO_SYNTH := --videos 6 --frames 100 --frame-size 640x360 --target-size 24-80 --seed 0
+DEMO_COCO_CONFIG ?= configs/demo-coco.yaml
+DEMO_SYNTH := --videos 6 --frames 200 --frame-size 640x360 --target-size 32-88 --look-alikes 1-2 --seed 0
 REFDET := $(VENV)/bin/refdet
+DEMO_MODEL := $(DEMO_RUNS)/stage1/best.pt
 
 demo: $(STAMP)
-	test -f $(DEMO_DATA)/annotations/annotations.json || $(REFDET) data synth --out $(DEMO_DATA) $(DEMO_SYNTH)
+	test "$$(cat $(DEMO_DATA)/.synth_args 2>/dev/null)" = "$(DEMO_SYNTH)" || { rm -rf $(DEMO_DATA) && \
+		$(REFDET) data synth --out $(DEMO_DATA) $(DEMO_SYNTH) && echo "$(DEMO_SYNTH)" > $(DEMO_DATA)/.synth_args; }
 	rm -rf $(DEMO_RUNS) && mkdir -p $(DEMO_RUNS)
 	$(PY) -m refdet_edge.demo.yolo --given "$(YOLO_WEIGHTS)" --shared $(SHARED_YOLO) \
 		--cache runs/weights/yolov8n.pt > $(DEMO_RUNS)/yolo_weights.txt
-	W=$$(cat $(DEMO_RUNS)/yolo_weights.txt); $(REFDET) train --config $(DEMO_CONFIG) --data $(DEMO_DATA) \
-		--stage 1 $${W:+--yolo-weights "$$W"} --out $(DEMO_RUNS)/stage1
-	$(REFDET) train --config $(DEMO_CONFIG) --data $(DEMO_DATA) --stage 2 --epochs 1 \
-		--weights $(DEMO_RUNS)/stage1/best.pt --out $(DEMO_RUNS)/stage2
-	rm -f $(DEMO_RUNS)/stage*/last.pt
-	$(REFDET) eval --weights $(DEMO_RUNS)/stage2/best.pt --data $(DEMO_DATA) --split val --out $(DEMO_RUNS)/eval
-	V=$$(ls $(DEMO_DATA)/samples | head -n 1); $(REFDET) predict --weights $(DEMO_RUNS)/stage2/best.pt \
+	W=$$(cat $(DEMO_RUNS)/yolo_weights.txt); $(REFDET) train --data $(DEMO_DATA) --stage 1 --out $(DEMO_RUNS)/stage1 \
+		$$(test -n "$$W" && echo --config $(DEMO_COCO_CONFIG) --yolo-weights "$$W" || echo --config $(DEMO_CONFIG))
+	rm -f $(DEMO_RUNS)/stage1/last.pt
+	$(REFDET) eval --weights $(DEMO_MODEL) --data $(DEMO_DATA) --split val --out $(DEMO_RUNS)/eval
+	V=$$(ls $(DEMO_DATA)/samples | head -n 1); $(REFDET) predict --weights $(DEMO_MODEL) \
 		--refs $(DEMO_DATA)/samples/$$V/object_images --video $(DEMO_DATA)/samples/$$V/frames \
 		--out $(DEMO_RUNS)/predict && $(PY) -m refdet_edge.demo.summary --eval $(DEMO_RUNS)/eval \
 		--clip $(DEMO_RUNS)/predict/$$V.mp4

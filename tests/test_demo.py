@@ -58,10 +58,14 @@ def test_main_prints_the_path_or_nothing_offline(tmp_path, monkeypatch, capsys):
     args = ["--shared", str(tmp_path / "absent.pt"), "--cache", str(tmp_path / "yolov8n.pt")]
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert out == "\n" and "random weights" in err
+    assert out == "" and "random weights" in err
     assert not (tmp_path / "yolov8n.pt").exists()
     assert main(["--given", str(tmp_path / "nope.pt"), *args]) == 1
     assert "error: YOLO_WEIGHTS=" in capsys.readouterr().err
+    (tmp_path / "mine.pt").write_bytes(b"x")
+    assert main(["--given", str(tmp_path / "mine.pt"), *args]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{tmp_path / 'mine.pt'}\n" and "(YOLO_WEIGHTS)" in err
 
 
 def test_frame_runs():

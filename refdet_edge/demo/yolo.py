@@ -2,8 +2,8 @@
 shared one beside the repository, ultralytics' own download of ``yolov8n.pt`` (only when ultralytics says a
 network is reachable, which ``YOLO_OFFLINE=1`` rules out), or none: random weights.
 
-``python -m refdet_edge.demo.yolo`` prints the chosen path on stdout (nothing for random weights) and says on
-stderr where the weights come from.
+``python -m refdet_edge.demo.yolo`` prints the chosen path on stdout (nothing at all for random weights) and
+says on stderr where the weights come from.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(why, file=sys.stderr)
-    print(path or "")
+    if path is not None:
+        print(path)
     return 0
 
 
