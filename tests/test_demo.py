@@ -89,7 +89,7 @@ def test_summary_names_frames_hits_and_false_alarms_per_video(synth_root, tmp_pa
     )
     assert result.exit_code == 0, result.output
 
-    lines = summary.summary_lines(out, tmp_path / "clip.mp4")
+    lines = summary.summary_lines(out, tmp_path / "predict" / "clip.mp4")
     text = "\n".join(lines)
     n_first, n_missed = len(in_val[first]), len(in_val[missed])
     first_line = next(line for line in lines if line.startswith(f"  {first}:"))
@@ -100,9 +100,32 @@ def test_summary_names_frames_hits_and_false_alarms_per_video(synth_root, tmp_pa
     assert f"in view on frames {summary.frame_runs(in_val[missed])}; reported on frames none" in text
     assert "val split" in lines[0] and "later frames" in lines[0]
     assert f"{out}/timelines/*.png" in text and text.endswith(
-        f"Annotated video: {tmp_path / 'clip.mp4'} (missing)"
+        f"Annotated video: {tmp_path / 'predict' / 'clip.mp4'} (missing)"
     )
     assert json.loads((out / "metrics.json").read_text())["final"] in lines[0]
+
+
+def test_clip_lines_compare_its_boxes_with_every_frame_of_the_video(synth_root, tmp_path):
+    truth = load_annotations(synth_root / "annotations" / "annotations.json")
+    video_id = sorted(truth)[0]
+    frames = truth[video_id]
+    extra = next(f for f in range(40) if f not in frames)
+    shifted = {f: (x1 + 1000, y1, x2 + 1000, y2) for f, (x1, y1, x2, y2) in list(frames.items())[:2]}
+    boxes = {**frames, **shifted, extra: (1.0, 1.0, 20.0, 20.0)}
+    clip = tmp_path / "predict" / f"{video_id}.mp4"
+    clip.parent.mkdir()
+    save_annotations(clip.parent / "predictions.json", {video_id: boxes}, key=DETECTIONS_KEY)
+    clip.write_bytes(b"mp4")
+    spans = ", ".join(
+        f"{name} {start}-{end - 1}"
+        for name, ranges in load_splits(synth_root / "splits.json").items()
+        for start, end in ranges[video_id]
+    )
+    assert summary.clip_lines(clip, synth_root, frames) == [
+        f"Annotated video: {clip}",
+        f"  every frame of {video_id} ({spans}): the target in view on {len(frames)}, a box on "
+        f"{len(frames) + 1}: {len(frames) - 2} on the target (IoU >= 0.5), 1 on frames without it",
+    ]
 
 
 def test_summary_without_an_eval_run_is_one_line(tmp_path, capsys):

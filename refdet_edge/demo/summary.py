@@ -1,5 +1,7 @@
 """The closing lines of `make demo`: per video, where the target was in view on the evaluated split and where
-the model reported it, with its hits, false alarms and ST-IoU; then where the figures and the annotated clip are.
+the model reported it, with its hits, false alarms and ST-IoU; then where the figures are, and the annotated
+clip with what its boxes hit over the whole video (the ``predictions.json`` that ``refdet predict`` wrote beside
+it).
 
 ``python -m refdet_edge.demo.summary --eval runs/demo/eval --clip runs/demo/predict/VIDEO.mp4`` reads the
 ``metrics.json`` and ``predictions.json`` that ``refdet eval`` wrote (and the dataset they name).
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from refdet_edge.data.annotations import DatasetError, load_annotations, load_detections, where
 from refdet_edge.data.splits import SPLITS_FILE, load_splits
+from refdet_edge.evaluation.metrics import MATCH_IOU, paired_iou
 
 
 def frame_runs(frames: Iterable[int]) -> str:
@@ -35,6 +38,44 @@ def _split_frames(data: Path, split: str, video_id: str, truth: dict[int, object
         return None
     spans = load_splits(path).get(split, {}).get(video_id, [])
     return {f for f in truth if any(s <= f and (e is None or f < e) for s, e in spans)}
+
+
+def _spans(data: Path, video_id: str) -> str:
+    """Where each split lies in the video: ``"train 0-139, val 140-169, test 170-199"``."""
+    path = data / SPLITS_FILE
+    if not path.is_file():
+        return "no splits"
+    parts = [
+        f"{name} {start}-{end - 1}" if end is not None else f"{name} {start}-end"
+        for name, ranges in load_splits(path).items()
+        for start, end in ranges.get(video_id, [])
+    ]
+    return ", ".join(parts) or "in no split"
+
+
+def clip_lines(clip: Path, data: Path, truth: dict[int, object]) -> list[str]:
+    """Where the clip is and, from its ``predictions.json``, how its boxes compare with ``truth`` (the
+    video's ground truth) over every frame."""
+    lines = [f"Annotated video: {clip}" + ("" if clip.is_file() else " (missing)")]
+    path = clip.parent / "predictions.json"
+    if not path.is_file():
+        return lines
+    video_id = clip.stem
+    boxes = {f: b[0][:4] for f, b in load_detections(path).boxes.get(video_id, {}).items()}
+    both = sorted(truth.keys() & boxes.keys())
+    ious = paired_iou([truth[f] for f in both], [boxes[f] for f in both]) if both else []
+    hits = sum(1 for iou in ious if iou >= MATCH_IOU)
+    lines.append(
+        f"  every frame of {video_id} ({_spans(data, video_id)}): the target in view on {len(truth)}, "
+        f"a box on {len(boxes)}: {hits} on the target (IoU >= {MATCH_IOU}), "
+        f"{len(boxes.keys() - truth.keys())} on frames without it"
+    )
+    return lines
+
+
+def _score_range(scores: list[float]) -> str:
+    low, high = f"{min(scores):.2f}", f"{max(scores):.2f}"
+    return f" (score {low})" if low == high else f" (scores {low}-{high})"
 
 
 def summary_lines(eval_dir: Path, clip: Path | None = None) -> list[str]:
@@ -59,10 +100,7 @@ def summary_lines(eval_dir: Path, clip: Path | None = None) -> list[str]:
         in_view = _split_frames(data, split, video_id, truth.get(video_id, {}))
         shown = frame_runs(in_view) if in_view is not None else frame_runs(truth.get(video_id, {}))
         boxes = reported.get(video_id, {})
-        score_range = ""
-        if boxes:
-            best = [frame_boxes[0][4] for frame_boxes in boxes.values()]
-            score_range = f" (scores {min(best):.2f}-{max(best):.2f})"
+        score_range = _score_range([frame_boxes[0][4] for frame_boxes in boxes.values()]) if boxes else ""
         lines += [
             f"  {video_id}: ST-IoU {row['st_iou']:.2f}; found on {row['true_positives']} of {row['gt_frames']} "
             f"frames in view (IoU >= {scores['match_iou']}), {row['background_false_positives']} false "
@@ -77,7 +115,7 @@ def summary_lines(eval_dir: Path, clip: Path | None = None) -> list[str]:
         f"every metric in {metrics_path}",
     ]
     if clip is not None:
-        lines.append(f"Annotated video: {clip}" + ("" if clip.is_file() else " (missing)"))
+        lines += clip_lines(clip, data, truth.get(clip.stem, {}))
     return lines
 
 
