@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from refdet_edge.export.metadata import ExportError, read_metadata
-from refdet_edge.export.onnx_export import BOXES, IMAGES, PROTOTYPES, REFERENCES, SCORES
+from refdet_edge.export.onnx_export import BOXES, IMAGES, REFERENCES, SCORES
 from refdet_edge.models import RefDetModel, load_model
 from refdet_edge.postprocess import FrameDetections, postprocess
 from refdet_edge.preprocess import LetterboxInfo, preprocess_images, read_image_rgb
@@ -184,7 +184,7 @@ class TorchRuntime(Runtime):
 
     @torch.inference_mode()
     def _encode(self, references: torch.Tensor) -> list[torch.Tensor]:
-        return self.model.encode_references(references.to(self.device)).prototypes
+        return self.model.detector_inputs(self.model.encode_references(references.to(self.device)))
 
     def _concat(self, parts: list[list[torch.Tensor]]) -> list[torch.Tensor]:
         return [torch.cat(level) for level in zip(*parts, strict=True)]
@@ -216,9 +216,10 @@ class OnnxRuntime(Runtime):
                 raise ExportError(f"{path}: no such file (named in {model_dir / 'metadata.json'})")
         self.support = onnx_session(paths["support_encoder"], device, threads)
         self.detector = onnx_session(paths["detector"], device, threads)
+        self.names = [i.name for i in self.detector.get_inputs() if i.name != IMAGES]
 
     def _encode(self, references: torch.Tensor) -> list[np.ndarray]:
-        return self.support.run(list(PROTOTYPES), {REFERENCES: references.numpy()})
+        return self.support.run(self.names, {REFERENCES: references.numpy()})
 
     def _concat(self, parts: list[list[np.ndarray]]) -> list[np.ndarray]:
         return [np.concatenate(level) for level in zip(*parts, strict=True)]
@@ -226,7 +227,7 @@ class OnnxRuntime(Runtime):
     def _detect(
         self, images: torch.Tensor, prototypes: list[np.ndarray]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        feeds = {IMAGES: images.numpy(), **dict(zip(PROTOTYPES, prototypes, strict=True))}
+        feeds = {IMAGES: images.numpy(), **dict(zip(self.names, prototypes, strict=True))}
         boxes, scores = self.detector.run([BOXES, SCORES], feeds)
         return torch.from_numpy(boxes), torch.from_numpy(scores)
 
@@ -256,10 +257,11 @@ class TensorRTRuntime(Runtime):
                 raise ExportError(f"{path}: no such engine file (named in {model_dir / 'metadata.json'})")
         self.support = TrtEngine(paths["support_encoder"], device)
         self.detector = TrtEngine(paths["detector"], device)
+        self.names = [name for name in self.detector.inputs if name != IMAGES]
 
     def _encode(self, references: torch.Tensor) -> list[torch.Tensor]:
         out = self.support(**{REFERENCES: references})
-        return [out[name] for name in PROTOTYPES]
+        return [out[name] for name in self.names]
 
     def _concat(self, parts: list[list[torch.Tensor]]) -> list[torch.Tensor]:
         return [torch.cat(level) for level in zip(*parts, strict=True)]
@@ -267,7 +269,7 @@ class TensorRTRuntime(Runtime):
     def _detect(
         self, images: torch.Tensor, prototypes: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.detector(**{IMAGES: images, **dict(zip(PROTOTYPES, prototypes, strict=True))})
+        out = self.detector(**{IMAGES: images, **dict(zip(self.names, prototypes, strict=True))})
         return out[BOXES].float(), out[SCORES].float()
 
     def _to_cpu(self, prototypes: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -24,33 +24,39 @@ DETECTOR_FILE = "detector.onnx"
 REFERENCES = "references"
 IMAGES = "images"
 PROTOTYPES = ("prototypes_p3", "prototypes_p4", "prototypes_p5")
+APPEARANCE = "appearance"  # (N, D): a verifying model's reference appearance, after the prototypes
 BOXES, SCORES = "boxes", "scores"
 EXPORTER = "torch.onnx.export (TorchScript-based, dynamo=False)"
 
 
+def prototype_names(model: RefDetModel) -> tuple[str, ...]:
+    """The per-target tensors between the two graphs, in order: the level prototypes, and the appearance
+    of a verifying model."""
+    return (*PROTOTYPES, APPEARANCE) if model.verifier is not None else PROTOTYPES
+
+
 class SupportGraph(nn.Module):
-    """(N, K, 3, S, S) references in [0, 1] -> one (N, T, C_l) prototype tensor per level, K combined."""
+    """(N, K, 3, S, S) references in [0, 1] -> one (N, T, C_l) prototype tensor per level, K combined (and
+    the (N, D) appearance of a verifying model)."""
 
     def __init__(self, model: RefDetModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, references: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model.encode_references(references).prototypes)
+        return tuple(self.model.detector_inputs(self.model.encode_references(references)))
 
 
 class DetectorGraph(nn.Module):
-    """(B, 3, H, W) frames in [0, 1] and per-level prototypes -> boxes (B, A, 4) xyxy in model-input pixels
-    and per-target probabilities (B, A, N)."""
+    """(B, 3, H, W) frames in [0, 1] and the support graph's outputs -> boxes (B, A, 4) xyxy in model-input
+    pixels and per-target probabilities (B, A, N)."""
 
     def __init__(self, model: RefDetModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(
-        self, images: torch.Tensor, p3: torch.Tensor, p4: torch.Tensor, p5: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.detect(images, [p3, p4, p5])
+    def forward(self, images: torch.Tensor, *prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.detect(images, list(prototypes))
         return out["boxes"], out["pred_scores"].sigmoid()
 
 
@@ -116,15 +122,16 @@ def export_onnx(
     refs = example_references(2, 2, s, seed=0)
     frames = example_frames(2, imgsz, seed=0)
     with torch.no_grad():
-        prototypes = model.encode_references(refs).prototypes
-    proto_axes = {name: {0: "targets"} for name in PROTOTYPES}
+        prototypes = model.detector_inputs(model.encode_references(refs))
+    names = prototype_names(model)
+    proto_axes = {name: {0: "targets"} for name in names}
     support_path, detector_path = out_dir / SUPPORT_FILE, out_dir / DETECTOR_FILE
     _export(
         SupportGraph(model),
         (refs,),
         support_path,
         [REFERENCES],
-        list(PROTOTYPES),
+        list(names),
         {REFERENCES: {0: "targets", 1: "refs"}, **proto_axes},
         opset,
     )
@@ -132,7 +139,7 @@ def export_onnx(
         DetectorGraph(model),
         (frames, *prototypes),
         detector_path,
-        [IMAGES, *PROTOTYPES],
+        [IMAGES, *names],
         [BOXES, SCORES],
         {IMAGES: {0: "batch"}, **proto_axes, BOXES: {0: "batch"}, SCORES: {0: "batch", 2: "targets"}},
         opset,

@@ -33,11 +33,11 @@ from refdet_edge.export.onnx_export import (
     BOXES,
     DETECTOR_FILE,
     IMAGES,
-    PROTOTYPES,
     REFERENCES,
     SCORES,
     SUPPORT_FILE,
     cpu_session,
+    prototype_names,
 )
 from refdet_edge.models import RefDetModel
 from refdet_edge.postprocess import FrameDetections
@@ -221,18 +221,19 @@ def check_parity(model: RefDetModel, out_dir: Path, imgsz: int, inputs: ParityIn
     inputs = inputs or synthetic_inputs()
     model = model.eval()
     support, detector = cpu_session(out_dir / SUPPORT_FILE), cpu_session(out_dir / DETECTOR_FILE)
+    names = prototype_names(model)
     cases, proto_diff = [], 0.0
     for n, b in PARITY_CASES:
         refs = _references(inputs, n, model.config.support_size)
         frames, _ = preprocess_images([inputs.frames[i % len(inputs.frames)] for i in range(b)], imgsz)
         with torch.no_grad():
-            protos = model.encode_references(refs).prototypes
+            protos = model.detector_inputs(model.encode_references(refs))
             out = model.detect(frames, protos)
-        protos_ort = support.run(list(PROTOTYPES), {REFERENCES: refs.numpy()})
+        protos_ort = support.run(list(names), {REFERENCES: refs.numpy()})
         proto_diff = max(
             proto_diff, *(float(np.abs(a - p.numpy()).max()) for a, p in zip(protos_ort, protos, strict=True))
         )
-        feeds = {IMAGES: frames.numpy(), **dict(zip(PROTOTYPES, protos_ort, strict=True))}
+        feeds = {IMAGES: frames.numpy(), **dict(zip(names, protos_ort, strict=True))}
         boxes_ort, scores_ort = (torch.from_numpy(x) for x in detector.run([BOXES, SCORES], feeds))
         case = {"targets": n, "batch": b, "refs": PARITY_REFS}
         case.update(compare_outputs(out["boxes"], out["pred_scores"].sigmoid(), boxes_ort, scores_ort))

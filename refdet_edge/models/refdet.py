@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from refdet_edge.models.backbone import QueryBackbone, yolo_graph
@@ -13,6 +14,7 @@ from refdet_edge.models.fusion import CHEAF
 from refdet_edge.models.head import PrototypeHead
 from refdet_edge.models.prototypes import COMBINE_MODES, PrototypeProjector
 from refdet_edge.models.support import create_support_encoder, support_size_multiple
+from refdet_edge.models.verifier import AppearanceVerifier
 
 DEFAULT_SUPPORT_ENCODER = "siamese"
 
@@ -23,7 +25,8 @@ class ModelConfig:
 
     ``support_encoder``: ``siamese`` | ``dinov2`` | ``timm:NAME`` (see :mod:`refdet_edge.models.support`);
     ``support_kwargs``: keyword arguments of ``timm.create_model`` that change the graph (such as
-    ``pad_type="same"``), kept so that a checkpoint rebuilds the same graph.
+    ``pad_type="same"``), kept so that a checkpoint rebuilds the same graph. ``verify_topk`` > 0 adds the
+    :class:`AppearanceVerifier` (``verify_context``, ``verify_alpha``) to the per-frame path.
     """
 
     imgsz: int = 640
@@ -35,6 +38,9 @@ class ModelConfig:
     reg_max: int = 16
     prototype_pool: int = 2
     combine: str = "mean"
+    verify_topk: int = 0
+    verify_context: float = 0.25
+    verify_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.imgsz % 32:
@@ -54,10 +60,12 @@ class ModelConfig:
 
 @dataclass
 class References:
-    """Encoded references of N targets: per-level prototypes (N, T, C_l) and a global embedding (N, E)."""
+    """Encoded references of N targets: per-level prototypes (N, T, C_l), a global embedding (N, E) and
+    the appearance (N, D): the mean L2-normalised global feature of the support encoder itself."""
 
     prototypes: list[torch.Tensor]
     global_embedding: torch.Tensor
+    appearance: torch.Tensor
 
 
 class RefDetModel(nn.Module):
@@ -87,6 +95,13 @@ class RefDetModel(nn.Module):
         self.head = PrototypeHead(graph.model[-1], channels, backbone.strides)
         if self.head.reg_max != cfg.reg_max:
             raise ValueError(f"reg_max {cfg.reg_max} does not match {cfg.yolo_cfg}'s {self.head.reg_max}")
+        self.verifier = (
+            AppearanceVerifier(
+                self.support, cfg.support_size, cfg.verify_topk, cfg.verify_context, cfg.verify_alpha
+            )
+            if cfg.verify_topk
+            else None
+        )
         self.query_embed = nn.Linear(channels[-1], cfg.embed_dim)
         self.fused_embed = nn.Linear(channels[-1], cfg.embed_dim)
         self._cache: References | None = None
@@ -117,8 +132,16 @@ class RefDetModel(nn.Module):
         """(N, K, 3, S, S) or (K, 3, S, S) reference images -> :class:`References` (gradients flow)."""
         images = self._check_references(images)
         n, k = images.shape[:2]
-        prototypes, embedding = self.projector(self.support(images.flatten(0, 1)), n, k, self.config.combine)
-        return References(prototypes, embedding)
+        features = self.support(images.flatten(0, 1))
+        prototypes, embedding = self.projector(features, n, k, self.config.combine)
+        unit = F.normalize(features.global_feature, dim=-1)
+        appearance = F.normalize(unit.view(n, k, -1).mean(1), dim=-1)
+        return References(prototypes, embedding, appearance)
+
+    def detector_inputs(self, refs: References) -> list[torch.Tensor]:
+        """What the per-frame path takes per target set: the level prototypes, and the appearance when the
+        model verifies (the inputs of ``detector.onnx`` after the frames)."""
+        return [*refs.prototypes, refs.appearance] if self.verifier is not None else list(refs.prototypes)
 
     @torch.no_grad()
     def set_references(self, images: torch.Tensor) -> References:
@@ -130,21 +153,40 @@ class RefDetModel(nn.Module):
         self._cache = None
 
     def _fuse_and_score(
-        self, feats: list[torch.Tensor], prototypes: list[torch.Tensor]
+        self,
+        query: torch.Tensor,
+        feats: list[torch.Tensor],
+        prototypes: list[torch.Tensor],
+        appearance: torch.Tensor | None,
     ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Neck levels of B frames and prototypes of N targets -> (detections, fused levels of the B*N
-        (frame, target) items). The backbone ran once; fusion and identity run per item."""
+        (frame, target) items). The backbone ran once; fusion and identity run per item. Outside training a
+        verifying model re-scores the head's candidates (``pred_scores``) with ``appearance``."""
         b, n = feats[0].shape[0], prototypes[0].shape[0]
         fused = self.fusion(
             [f[:, None].expand(-1, n, -1, -1, -1).flatten(0, 1) for f in feats],
             [p[None].expand(b, -1, -1, -1).flatten(0, 1) for p in prototypes],
         )
-        return self.head(feats, fused, prototypes), fused
+        detections = self.head(feats, fused, prototypes)
+        if self.verifier is not None and not self.training:
+            shapes = [(f.shape[2], f.shape[3]) for f in feats]
+            detections["pred_scores"] = self.verifier(
+                query, detections["boxes"], detections["pred_scores"], appearance, shapes
+            )
+        return detections, fused
 
-    def detect(self, query: torch.Tensor, prototypes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The per-frame path: query frames and prototypes -> detections (what ``detector.onnx`` holds)."""
+    def detect(self, query: torch.Tensor, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The per-frame path: query frames and :meth:`detector_inputs` -> detections (what
+        ``detector.onnx`` holds)."""
         self._check_query(query)
-        return self._fuse_and_score(self.backbone(query), prototypes)[0]
+        levels = len(self.backbone.channels)
+        if len(inputs) != levels + (self.verifier is not None):
+            raise ValueError(
+                f"detect takes {levels} level prototypes{' and the appearance' if self.verifier else ''}, "
+                f"got {len(inputs)} tensors"
+            )
+        appearance = inputs[levels] if self.verifier is not None else None
+        return self._fuse_and_score(query, self.backbone(query), inputs[:levels], appearance)[0]
 
     def forward(
         self, query: torch.Tensor, references: torch.Tensor | None = None, return_features: bool = False
@@ -166,7 +208,7 @@ class RefDetModel(nn.Module):
                 "no references: call model.set_references(images) first or pass forward(query, references)"
             )
         feats = self.backbone(query)
-        detections, fused = self._fuse_and_score(feats, refs.prototypes)
+        detections, fused = self._fuse_and_score(query, feats, refs.prototypes, refs.appearance)
         if not return_features:
             return detections
         fused_global = self.fused_embed(fused[-1].mean((2, 3))).unflatten(0, (query.shape[0], -1)).mean(1)

@@ -95,6 +95,17 @@ EPILOG = """Examples:
     help="DINOv2 ViT-S/14 state dict (.pth/.safetensors): --support-encoder dinov2 --support-weights PATH.",
 )
 @click.option(
+    "--verify-topk",
+    type=click.IntRange(min=0),
+    help="Re-score the head's best K candidates per frame with the support encoder's view of them "
+    "(0: off).  [default: as --weights, else off]",
+)
+@click.option(
+    "--verify-alpha",
+    type=click.FloatRange(0, 1),
+    help="The head's share of a verified score: cosine**(1-a) * head**a.  [default: 0]",
+)
+@click.option(
     "--weights", type=click.Path(dir_okay=False), help="Checkpoint of a previous stage to start from."
 )
 @click.option(

@@ -73,6 +73,9 @@ class TrainConfig:
     support_encoder: str = "siamese"  # siamese (the query backbone) | dinov2 | timm:NAME
     support_weights: str | None = None  # the support encoder's state dict, or "hub" (a download through timm)
     support_kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model arguments of timm:NAME
+    verify_topk: int | None = None  # appearance verification of the head's best K per frame (0: off;
+    # None: as the --weights checkpoint, else off); verify_alpha: the head's share of a verified score
+    verify_alpha: float | None = None
     weights: str | None = None  # previous stage's checkpoint to start from
     resume: str | None = None  # last.pt of an interrupted run; the run's own settings come from it
     out: str = "runs/train"
@@ -116,6 +119,12 @@ class TrainConfig:
                 f"{self.support_encoder} encoder",
             ),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("verify_topk", self.verify_topk is None or self.verify_topk >= 0, "must be >= 0"),
+            (
+                "verify_alpha",
+                self.verify_alpha is None or 0.0 <= self.verify_alpha <= 1.0,
+                "must be between 0 and 1",
+            ),
             (
                 "freeze",
                 isinstance(self.freeze, list) and all(isinstance(f, str) and f for f in self.freeze),

@@ -21,6 +21,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -287,6 +288,12 @@ class Trainer:
             raise ConfigError(f"{self.cfg.resume}: {', '.join(conflicts)} would change the run being resumed")
         return ckpt
 
+    def _verify_settings(self) -> dict[str, Any]:
+        """The verification fields of ModelConfig this run sets (the others come from --weights or the
+        defaults)."""
+        values = {"verify_topk": self.cfg.verify_topk, "verify_alpha": self.cfg.verify_alpha}
+        return {key: value for key, value in values.items() if value is not None}
+
     def _build_model(self, resume_ckpt: dict | None) -> RefDetModel:
         cfg = self.cfg
         if resume_ckpt is not None:
@@ -295,7 +302,7 @@ class Trainer:
             return model
         if cfg.weights is not None:
             ckpt = read_checkpoint(cfg.weights)
-            arch = ModelConfig(**{**ckpt["config"], "imgsz": cfg.imgsz})
+            arch = ModelConfig(**{**ckpt["config"], "imgsz": cfg.imgsz, **self._verify_settings()})
             if arch.support_size != cfg.support_size:
                 raise ConfigError(
                     f"{cfg.weights}: field 'config.support_size' is {arch.support_size}, "
@@ -319,6 +326,7 @@ class Trainer:
                 support_size=cfg.support_size,
                 support_encoder=cfg.support_encoder,
                 support_kwargs=cfg.support_kwargs,
+                **self._verify_settings(),
             )
             model = create_model(arch, cfg.yolo_weights, cfg.support_weights, report=self.loaded)
         except WeightsError:

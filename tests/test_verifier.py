@@ -1,0 +1,112 @@
+"""Appearance verification: the head's candidates re-scored by the support encoder, in the graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from refdet_edge.export.onnx_export import APPEARANCE, PROTOTYPES, export_onnx, prototype_names
+from refdet_edge.export.parity import check_parity
+from refdet_edge.models import ModelConfig, RefDetModel
+from refdet_edge.models.verifier import SUPPRESSED_LOGIT, local_peaks, square_regions
+from refdet_edge.preprocess import preprocess_images
+
+IMGSZ, SUPPORT = 64, 32
+
+
+def verifying_model(topk: int = 2, **kwargs) -> RefDetModel:
+    torch.manual_seed(0)
+    return RefDetModel(ModelConfig(imgsz=IMGSZ, support_size=SUPPORT, verify_topk=topk, **kwargs)).eval()
+
+
+def test_local_peaks_keep_one_anchor_per_blob_on_each_level():
+    logits = torch.zeros(1, 4 * 4 + 2 * 2, 1)
+    level0 = torch.zeros(4, 4)
+    level0[1, 1], level0[1, 2], level0[3, 3] = 5.0, 4.0, 3.0  # a blob of two anchors, and a second peak
+    logits[0, :16, 0] = level0.flatten()
+    logits[0, 16:, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    peaks = local_peaks(logits, [(4, 4), (2, 2)])[0, :, 0]
+    assert peaks[:16].view(4, 4)[1, 1] and peaks[:16].view(4, 4)[3, 3]
+    assert not peaks[:16].view(4, 4)[1, 2]  # the blob's weaker neighbour
+    assert peaks[16] and not peaks[17:].any()
+
+
+def test_square_regions_keep_the_centre_and_add_context():
+    square = square_regions(torch.tensor([[10.0, 20.0, 30.0, 30.0]]), context=0.25)
+    np.testing.assert_allclose(square.numpy(), [[5.0, 10.0, 35.0, 40.0]])  # side 20 * 1.5 around (20, 25)
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
+    """A grey 64 x 64 frame with the target (a striped patch) and a look-alike of other texture."""
+    rng = np.random.default_rng(0)
+    frame = np.full((IMGSZ, IMGSZ, 3), 114, np.uint8)
+    target = np.zeros((16, 16, 3), np.uint8)
+    target[::4] = (230, 40, 40)
+    frame[8:24, 8:24] = target
+    frame[40:56, 40:56] = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    reference = frame[4:28, 4:28].copy()  # the target's box grown by a quarter on every side
+    return frame, reference, [8.0, 8.0, 24.0, 24.0], [40.0, 40.0, 56.0, 56.0]
+
+
+def test_verification_ranks_the_target_over_a_stronger_look_alike_and_suppresses_the_rest():
+    model = verifying_model(topk=2)
+    frame, reference, target_box, other_box = _scene()
+    images, _ = preprocess_images([frame], IMGSZ)
+    refs, _ = preprocess_images([reference], SUPPORT)
+    appearance = model.encode_references(refs[None]).appearance
+    anchors = 8 * 8 + 4 * 4 + 2 * 2
+    boxes = torch.zeros(1, anchors, 4)
+    logits = torch.full((1, anchors, 1), -5.0)
+    t, o = 2 * 8 + 2, 6 * 8 + 6  # level-0 anchors at the two objects, apart: both are peaks
+    boxes[0, t], boxes[0, o] = torch.tensor(target_box), torch.tensor(other_box)
+    logits[0, t, 0], logits[0, o, 0] = 1.0, 3.0  # the head prefers the look-alike
+    with torch.no_grad():
+        verified = model.verifier(images, boxes, logits, appearance, [(8, 8), (4, 4), (2, 2)])
+    assert verified[0, t, 0] > verified[0, o, 0] > SUPPRESSED_LOGIT
+    others = torch.ones(anchors, dtype=torch.bool)
+    others[[t, o]] = False
+    assert (verified[0, others, 0] == SUPPRESSED_LOGIT).all()
+
+
+def test_alpha_one_keeps_the_heads_ranking():
+    model = verifying_model(topk=2, verify_alpha=1.0)
+    frame, reference, target_box, other_box = _scene()
+    images, _ = preprocess_images([frame], IMGSZ)
+    refs, _ = preprocess_images([reference], SUPPORT)
+    appearance = model.encode_references(refs[None]).appearance
+    anchors = 8 * 8 + 4 * 4 + 2 * 2
+    boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+    t, o = 2 * 8 + 2, 6 * 8 + 6
+    boxes[0, t], boxes[0, o] = torch.tensor(target_box), torch.tensor(other_box)
+    logits[0, t, 0], logits[0, o, 0] = 1.0, 3.0
+    with torch.no_grad():
+        verified = model.verifier(images, boxes, logits, appearance, [(8, 8), (4, 4), (2, 2)])
+    np.testing.assert_allclose(verified[0, [t, o], 0].numpy(), [1.0, 3.0], atol=1e-4)
+
+
+def test_only_inference_verifies_and_the_detector_takes_the_appearance():
+    model = verifying_model(topk=3)
+    refs, query = torch.rand(2, 2, 3, SUPPORT, SUPPORT), torch.rand(2, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        inputs = model.detector_inputs(model.encode_references(refs))
+        verified = model.detect(query, inputs)["pred_scores"]
+        model.train()
+        trained_on = model(query, refs)["pred_scores"]
+    model.eval()
+    assert len(inputs) == 4 and inputs[3].shape[0] == 2
+    assert ((verified > SUPPRESSED_LOGIT).sum(1) == 3).all()  # 3 verified candidates per frame and target
+    assert (trained_on > SUPPRESSED_LOGIT).all()  # training scores every anchor with the head
+    with pytest.raises(ValueError, match="appearance"):
+        model.detect(query, inputs[:3])
+    assert prototype_names(model) == (*PROTOTYPES, APPEARANCE)
+    assert prototype_names(RefDetModel(ModelConfig(imgsz=IMGSZ, support_size=SUPPORT))) == PROTOTYPES
+
+
+def test_a_verifying_mobilenet_model_exports_with_parity(tmp_path):
+    model = verifying_model(
+        topk=4, support_encoder="timm:mobilenetv2_100", support_kwargs={"pad_type": "same"}
+    )
+    export_onnx(model, tmp_path, IMGSZ)
+    report = check_parity(model, tmp_path, IMGSZ)
+    assert report["passed"], report["failures"]
