@@ -123,13 +123,16 @@ def test_gaps_up_to_max_gap_are_bridged_by_interpolation(mode):
 
 @pytest.mark.parametrize("mode", TRACKING)
 def test_weak_detections_continue_a_track_but_never_start_one(mode):
-    strong_then_weak = {f: [detection(f, 0.9 if f < 5 else 0.15)] for f in range(20)}
+    """0.2 is under the 0.25 threshold, by less than what continuing the target earns (continuity 0.5)."""
+    strong_then_weak = {f: [detection(f, 0.9 if f < 5 else 0.2)] for f in range(20)}
     out = apply_temporal(strong_then_weak, mode)
     assert sorted(out) == list(range(20))
-    assert all(box[4] == pytest.approx(0.9) for box in out.values())  # the track's score
-    assert apply_temporal({f: [detection(f, 0.15)] for f in range(20)}, mode) == {}
-    weak_track = apply_temporal(strong_then_weak, mode, TemporalConfig(keep_fraction=0.8))
+    assert all(box[4] == pytest.approx(0.9) for box in out.values())  # the segment's score
+    assert apply_temporal({f: [detection(f, 0.2)] for f in range(20)}, mode) == {}
+    weak_track = apply_temporal(strong_then_weak, mode, TemporalConfig(keep_fraction=0.85))
     assert sorted(weak_track) == list(range(5))
+    no_reward = apply_temporal(strong_then_weak, mode, TemporalConfig(continuity=0.0))
+    assert sorted(no_reward) == list(range(5))
 
 
 def test_online_output_is_final_after_the_stated_delay_and_matches_the_batch_form():
@@ -184,7 +187,7 @@ def test_smoothing_reduces_jitter():
     rng = np.random.default_rng(1)
     truth = np.array([target_box(f) for f in range(60)])
     noisy = truth + rng.normal(0, 2.0, size=truth.shape)
-    out = apply_temporal({f: [(*noisy[f], 0.9)] for f in range(60)}, "offline")
+    out = apply_temporal({f: [(*noisy[f], 0.9)] for f in range(60)}, "offline", TemporalConfig(smooth_frames=1))
     smoothed = np.array([out[f][:4] for f in range(60)])
     assert np.abs(smoothed - truth).mean() < 0.7 * np.abs(noisy - truth).mean()
 
@@ -222,3 +225,20 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="keep_fraction"):
         TemporalConfig(keep_fraction=1.5)
     assert MODES == ("online", "offline", "off")
+
+
+def test_without_path_weights_segments_or_gaps_the_output_is_the_raw_one():
+    gt, dets, num_frames = jittery_stream(0)
+    bare = TemporalConfig(continuity=0.0, switch_cost=0.0, confirm_frames=1, max_gap=0)
+    raw = {f: box[:4] for f, box in apply_temporal(dets, "off", bare).items()}
+    for mode in TRACKING:  # the same boxes (a reported box's score is its segment's highest)
+        assert {f: box[:4] for f, box in apply_temporal(dets, mode, bare).items()} == raw, mode
+
+
+@pytest.mark.parametrize("mode", TRACKING)
+def test_the_path_stays_on_the_target_when_a_look_alike_outscores_it_for_a_frame(mode):
+    dets = {f: [detection(f, 0.6)] for f in range(30)}
+    look_alike = (700.0, 400.0, 730.0, 420.0, 0.65)
+    dets[15] = [look_alike, detection(15, 0.55)]
+    assert apply_temporal(dets, "off")[15] == look_alike
+    assert iou(apply_temporal(dets, mode)[15], 15) > 0.999

@@ -17,21 +17,27 @@ MODES = ("online", "offline", "off")  # temporal post-processing, see refdet_edg
 
 @dataclass(frozen=True)
 class TemporalConfig:
-    """Settings of the temporal post-processing, in frames of the video (defaults for 25 fps)."""
+    """Settings of the temporal post-processing, in frames of the video (defaults for 25 fps); the path's
+    weights ``continuity`` and ``switch_cost`` are in logits (see :mod:`refdet_edge.evaluation.temporal`)."""
 
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD  # tracks start and confirm on detections this strong
-    keep_fraction: float = 0.6  # detections down to keep_fraction * score_threshold continue a live track
-    confirm_frames: int = 3  # frames of the video a track's strong detections stand for to be reported
-    max_gap: int = 5  # frames without a detection that a track bridges
-    gate: float = 1.0  # max centre distance to the predicted box, in predicted-box diagonals
-    smooth_frames: int = 1  # half-width of the linear fit that gives the reported box
-    evidence_frames: int = 12  # half-width of the window whose scores choose between tracks
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD  # the operating point: a path's boxes must reach it
+    keep_fraction: float = 0.6  # detections down to keep_fraction * score_threshold can continue a path
+    continuity: float = 0.5  # reward per step of the path, times the IoU of its consecutive boxes
+    switch_cost: float = 0.5  # cost of the target appearing or disappearing on the path
+    confirm_frames: int = 3  # frames of the video a segment's strong detections stand for to be reported
+    max_gap: int = 5  # frames without the target that a segment bridges
+    gate: float = 1.0  # max centre distance across a bridged gap, in box diagonals
+    smooth_frames: int = 0  # half-width of the linear fit that gives the reported box (0: the detection)
 
     def __post_init__(self) -> None:
-        for name in ("confirm_frames", "max_gap", "smooth_frames", "evidence_frames"):
+        for name in ("confirm_frames", "max_gap", "smooth_frames"):
             value, least = getattr(self, name), 1 if name == "confirm_frames" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"TemporalConfig.{name}: expected an integer >= {least}, got {value!r}")
+        for name in ("continuity", "switch_cost"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"TemporalConfig.{name}: expected a number >= 0, got {value!r}")
         if not (math.isfinite(self.gate) and self.gate > 0):
             raise ValueError(f"TemporalConfig.gate: expected a positive number, got {self.gate!r}")
         if not math.isfinite(self.score_threshold):
@@ -45,11 +51,11 @@ class TemporalConfig:
 
     @property
     def keep_threshold(self) -> float:
-        """The weakest detection that continues a live track."""
+        """The weakest detection that can continue a path."""
         return self.keep_fraction * self.score_threshold
 
     @property
     def delay(self) -> int:
         """Frames of the video the online mode waits before a frame is final: long enough to bridge a gap,
-        confirm a track from its first frame and centre the box fit."""
+        confirm a segment from its first frame and centre the box fit."""
         return max(self.max_gap, self.confirm_frames - 1, self.smooth_frames)
