@@ -46,14 +46,22 @@ demo: $(STAMP)
 
 # Real footage from ../shared/data (UAV123, DTB70, UAVDT, LaSOT and OTB sequences, never in this repository).
 # `make unseen`: the object split behind the README's figures (7 test objects never trained on, 4 validation
-# objects that choose best.pt and the operating point), configs/unseen.yaml, then eval on the unseen test objects
-# and on the later frames of the training objects. `make baseline`: the two-stage baseline on the same split.
-# `make real`: the model to try on new footage, trained the same way on every object (none held out).
+# objects that choose best.pt and the operating point), stages 1-3 of configs/unseen.yaml for one encoder
+# (ENCODER=mobilenetv2, siamese or dinov2), then eval of stage 2 and stage 3 on the unseen test objects and of
+# stage 3 on the later frames of the training objects. `make baseline`: the two-stage baseline on the same
+# split. `make real`: the model to try on new footage, the same schedule on every object (none held out).
 SHARED_DATA ?= ../shared/data
+SHARED_WEIGHTS ?= ../shared/weights
 SOT_SEQUENCES = $(wildcard $(SHARED_DATA)/sot/*/) $(wildcard $(SHARED_DATA)/sot_more/*/)
 IMPORT := --thin-to 100 --absent-ratio 0.6
-UNSEEN_RUNS ?= runs/unseen/siamese
+ENCODER ?= mobilenetv2
+ENC_mobilenetv2 := --support-encoder timm:mobilenetv2_100 --support-size 224 --verify-topk 8 \
+	--support-weights $(SHARED_WEIGHTS)/mobilenetv2_100-imagenet.safetensors
+ENC_siamese := --support-encoder siamese --support-size 128
+ENC_dinov2 := --support-encoder dinov2 --support-size 224
+UNSEEN_RUNS ?= runs/unseen/$(ENCODER)
 BASELINE_RUNS ?= runs/unseen/baseline
+TRAIN = $(REFDET) train --config configs/unseen.yaml $(ENC_$(ENCODER))
 
 real_data/unseen/splits.json: | $(STAMP)
 	$(REFDET) data import-sot $(SOT_SEQUENCES) --out real_data/unseen --split-by object $(IMPORT) \
@@ -63,10 +71,22 @@ real_data/unseen/splits.json: | $(STAMP)
 real_data/all/splits.json: | $(STAMP)
 	$(REFDET) data import-sot $(SOT_SEQUENCES) --out real_data/all --split-by time $(IMPORT)
 
-unseen: $(STAMP) real_data/unseen/splits.json
-	$(REFDET) train --config configs/unseen.yaml --stage 1 --epochs 3 --lr 5e-4 --out $(UNSEEN_RUNS)/stage1
-	for split in test seen; do $(REFDET) eval --weights $(UNSEEN_RUNS)/stage1/best.pt --data real_data/unseen \
-		--split $$split --out $(UNSEEN_RUNS)/eval_$$split || exit 1; done
+# The three stages of one run folder R on data D: 1 base, 2 meta (+ the last support blocks), 3 fine-tune with
+# triplet batches, each from the previous stage's best.pt.
+.PRECIOUS: %/stage1/best.pt %/stage2/best.pt
+%/stage1/best.pt:
+	$(TRAIN) --data $(DATA) --stage 1 --out $*/stage1
+%/stage2/best.pt: %/stage1/best.pt
+	$(TRAIN) --data $(DATA) --stage 2 --weights $< --out $*/stage2
+%/stage3/best.pt: %/stage2/best.pt
+	$(TRAIN) --data $(DATA) --stage 3 --use-triplet --weights $< --out $*/stage3
+
+unseen: DATA = real_data/unseen
+unseen: $(STAMP) real_data/unseen/splits.json $(UNSEEN_RUNS)/stage3/best.pt
+	for stage in 2 3; do $(REFDET) eval --weights $(UNSEEN_RUNS)/stage$$stage/best.pt --data real_data/unseen \
+		--split test --out $(UNSEEN_RUNS)/eval_stage$${stage}_test || exit 1; done
+	$(REFDET) eval --weights $(UNSEEN_RUNS)/stage3/best.pt --data real_data/unseen --split seen \
+		--out $(UNSEEN_RUNS)/eval_stage3_seen
 
 baseline: $(STAMP) real_data/unseen/splits.json
 	$(PY) benchmarks/two_stage_baseline.py --data real_data/unseen --split val --out $(BASELINE_RUNS)/raw_val.json
@@ -76,9 +96,8 @@ baseline: $(STAMP) real_data/unseen/splits.json
 		--conf $$($(PY) -c "import json; print(json.load(open('$(BASELINE_RUNS)/raw_val.selection.json'))['chosen']['score_threshold'])") \
 		--temporal offline --out $(BASELINE_RUNS)/eval_$$split || exit 1; done
 
-real: $(STAMP) real_data/all/splits.json
-	$(REFDET) train --config configs/unseen.yaml --data real_data/all --stage 1 --epochs 3 --lr 5e-4 \
-		--out runs/real/stage1
+real: DATA = real_data/all
+real: $(STAMP) real_data/all/splits.json runs/real/stage3/best.pt
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check refdet_edge tests benchmarks

@@ -187,7 +187,9 @@ def test_smoothing_reduces_jitter():
     rng = np.random.default_rng(1)
     truth = np.array([target_box(f) for f in range(60)])
     noisy = truth + rng.normal(0, 2.0, size=truth.shape)
-    out = apply_temporal({f: [(*noisy[f], 0.9)] for f in range(60)}, "offline", TemporalConfig(smooth_frames=1))
+    out = apply_temporal(
+        {f: [(*noisy[f], 0.9)] for f in range(60)}, "offline", TemporalConfig(smooth_frames=1)
+    )
     smoothed = np.array([out[f][:4] for f in range(60)])
     assert np.abs(smoothed - truth).mean() < 0.7 * np.abs(noisy - truth).mean()
 
