@@ -16,7 +16,8 @@ from refdet_edge.benchmark import PAIR_KEYS
         "  refdet bench --imgsz 640 --support-size 224 --json bench_cpu.json\n"
         "  refdet bench --device cuda --backend trt --json bench_gpu.json\n"
         "  refdet bench --imgsz 320 --repeats 5 --pair detection_vs_yolov8n --pair features_vs_plain\n"
-        "  refdet bench --support-encoder siamese --support-size 112 --no-memory"
+        "  refdet bench --support-encoder siamese --support-size 112 --no-memory\n"
+        "  refdet bench --imgsz 320 --support-encoder timm:mobilenetv2_100 --support-size 224 --verify-topk 8"
     )
 )
 @click.option(
@@ -36,6 +37,13 @@ from refdet_edge.benchmark import PAIR_KEYS
 @click.option(
     "--support-encoder",
     help="Support encoder of the model: siamese, dinov2 or timm:NAME [default: the model's default].",
+)
+@click.option(
+    "--verify-topk",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Candidates per frame the support encoder verifies (0: none).",
 )
 @click.option(
     "--repeats",
@@ -80,6 +88,7 @@ def bench(
     imgsz: int,
     support_size: int,
     support_encoder: str | None,
+    verify_topk: int,
     repeats: int,
     warmup: int,
     threads: int,
@@ -126,6 +135,7 @@ def bench(
                 warmup=warmup,
                 threads=threads,
                 support_encoder=support_encoder,
+                verify_topk=verify_topk,
             )
         except ValueError as err:
             raise click.BadParameter(str(err)) from None

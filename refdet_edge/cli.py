@@ -50,7 +50,8 @@ def cli() -> None:
 
 @cli.command(
     epilog="Example:\n\n\b\n  refdet info\n  refdet info --support-encoder timm:mobilenetv2_100 --json\n"
-    "  refdet info --imgsz 960 --support-encoder dinov2 --support-size 224",
+    "  refdet info --imgsz 960 --support-encoder dinov2 --support-size 224\n"
+    "  refdet info --support-encoder timm:mobilenetv2_100 --verify-topk 8   # with appearance verification",
 )
 @click.option("--imgsz", default=640, show_default=True, help="Query frame size (multiple of 32).")
 @click.option(
@@ -66,8 +67,17 @@ def cli() -> None:
     help="Reference image size (multiple of 32 for siamese and CNNs, 14 for dinov2).",
 )
 @click.option("--refs", "num_refs", default=3, show_default=True, help="Reference images per target.")
+@click.option(
+    "--verify-topk",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Candidates per frame the support encoder verifies (0: none), counted in the per-frame path.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def info(imgsz: int, support_encoder: str, support_size: int, num_refs: int, as_json: bool) -> None:
+def info(
+    imgsz: int, support_encoder: str, support_size: int, num_refs: int, verify_topk: int, as_json: bool
+) -> None:
     """Parameters per module and GFLOPs of the per-frame path, of the support encoder, and of plain YOLOv8n
     at the same frame size (the baseline the per-frame path is compared with)."""
     import json
@@ -76,7 +86,9 @@ def info(imgsz: int, support_encoder: str, support_size: int, num_refs: int, as_
     from refdet_edge.models.summary import model_summary, yolov8n_summary
 
     try:
-        model = create_model(imgsz=imgsz, support_size=support_size, support_encoder=support_encoder)
+        model = create_model(
+            imgsz=imgsz, support_size=support_size, support_encoder=support_encoder, verify_topk=verify_topk
+        )
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
     summary = model_summary(model, num_refs)
@@ -90,7 +102,7 @@ def info(imgsz: int, support_encoder: str, support_size: int, num_refs: int, as_
     click.echo(f"{'total':<12}{summary['total_params'] / 1e6:>12.3f}\n")
     click.echo(f"{'path':<48}{'params (M)':>12}{'GFLOPs':>10}")
     for label, key in (
-        (f"per frame ({imgsz}x{imgsz}, 1 target)", "per_frame"),
+        (f"per frame ({imgsz}x{imgsz}, 1 target, {verify_topk} verified)", "per_frame"),
         (f"support ({support_encoder}, {num_refs} refs at {support_size})", "support_path"),
         (f"plain YOLOv8n ({imgsz}x{imgsz})", "plain_yolov8n"),
     ):

@@ -59,3 +59,15 @@ def test_info_prints_plain_yolov8n_with_the_same_counter():
     assert yolo["params"] == 3_157_200  # ultralytics' own count for yolov8n.yaml with 80 classes
     assert 0 < yolo["gflops"] < summary["per_frame"]["gflops"] * 2
     assert yolo["gflops"] == pytest.approx(8.74 * (64 / 640) ** 2, rel=0.1)  # 8.7 GFLOPs at 640, per pixel
+
+
+def test_info_counts_verification_in_the_per_frame_path():
+    def per_frame(*extra):
+        args = ["info", "--imgsz", "64", "--support-encoder", "timm:mobilenetv2_100", "--support-size", "64"]
+        result = CliRunner().invoke(cli, [*args, *extra, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["per_frame"]
+
+    plain, verified = per_frame(), per_frame("--verify-topk", "4")
+    assert verified["gflops"] > plain["gflops"] + 4 * 0.04  # four 64 px MobileNetV2 crops (~0.05 GFLOPs each)
+    assert verified["params"] > plain["params"] + 2_000_000  # the encoder runs per frame

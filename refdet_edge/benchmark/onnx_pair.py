@@ -20,7 +20,8 @@ YOLO_ONNX = "yolov8n.onnx"
 
 def export_dir(settings: BenchSettings) -> Path:
     encoder = (settings.support_encoder or "default").replace(":", "_")
-    return Path(settings.workdir) / f"export_{settings.imgsz}_{settings.support_size}_{encoder}"
+    name = f"export_{settings.imgsz}_{settings.support_size}_{encoder}_verify{settings.verify_topk}"
+    return Path(settings.workdir) / name
 
 
 class _FirstOutput(torch.nn.Module):

@@ -32,6 +32,7 @@ class BenchSettings:
     refs: int = 3
     threads: int = 1
     support_encoder: str | None = None
+    verify_topk: int = 0
 
     def __post_init__(self) -> None:
         from refdet_edge.models import ModelConfig
@@ -56,9 +57,10 @@ class BenchSettings:
         return self.threads or default_threads()
 
     @property
-    def model_overrides(self) -> dict[str, str]:
+    def model_overrides(self) -> dict[str, str | int]:
         """Keyword overrides of ``create_model`` beyond the sizes."""
-        return {"support_encoder": self.support_encoder} if self.support_encoder else {}
+        overrides: dict[str, str | int] = {"verify_topk": self.verify_topk} if self.verify_topk else {}
+        return {"support_encoder": self.support_encoder, **overrides} if self.support_encoder else overrides
 
 
 def apply_threads(settings: BenchSettings) -> None:

@@ -22,7 +22,8 @@ def _gflops(fn, *args) -> float:
 
 def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
     """Parameters per module, and GFLOPs (2 x multiply-accumulates, as ultralytics counts them) of the
-    per-frame path (one query frame at ``imgsz`` against one target) and of the support path (the chosen
+    per-frame path (one query frame at ``imgsz`` against one target, its verification included) and of the
+    support path (the chosen
     encoder and the projector on one target's ``num_refs`` reference images at ``support_size``).
 
     The siamese encoder has no parameters of its own: ``support_path.shared_params`` counts the backbone
@@ -34,8 +35,8 @@ def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
     query = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
     refs = torch.zeros(1, num_refs, 3, cfg.support_size, cfg.support_size)
     with torch.no_grad():
-        prototypes = model.encode_references(refs).prototypes
-    per_frame = _gflops(model.detect, query, prototypes)
+        inputs = model.detector_inputs(model.encode_references(refs))
+    per_frame = _gflops(model.detect, query, inputs)
     support = _gflops(model.encode_references, refs)
     model.train(was_training)
     modules = {name: _params(mod) for name, mod in model.named_children()}
@@ -45,13 +46,18 @@ def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
         "support_size": cfg.support_size,
         "num_refs": num_refs,
         "params": modules,
-        "per_frame": {"params": sum(modules[m] for m in PER_FRAME_MODULES), "gflops": per_frame},
+        "per_frame": {  # a verifying model runs its support encoder on every frame's candidates too
+            "params": sum(modules[m] for m in PER_FRAME_MODULES)
+            + (modules["support"] if cfg.verify_topk else 0),
+            "gflops": per_frame,
+        },
         "support_path": {
             "encoder": cfg.support_encoder,
             "params": modules["support"] + modules["projector"],
             "shared_params": shared,
             "gflops": support,
         },
+        "verify_topk": cfg.verify_topk,
         "total_params": _params(model),
     }
 
