@@ -345,3 +345,34 @@ def test_ultralytics_pt_is_named_even_after_ultralytics_safe_loader_ran(tmp_path
     path = tiny_ultralytics_pt(tmp_path / "yolo.pt")
     torch_safe_load(str(path), safe_only=True)
     assert one_line_error(path).endswith("an ultralytics checkpoint: use --yolo-weights")
+
+
+def test_verification_is_stored_in_best_pt_and_carried_by_the_next_stage(tiny_data, tmp_path):
+    first = tmp_path / "s1"
+    Trainer(load_config(None, data=str(tiny_data), out=str(first), verify_topk=3, **TINY)).fit()
+    assert read_checkpoint(first / "best.pt")["config"]["verify_topk"] == 3
+    second = Trainer(
+        load_config(
+            None,
+            data=str(tiny_data),
+            out=str(tmp_path / "s2"),
+            stage=2,
+            weights=str(first / "best.pt"),
+            **TINY,
+        )
+    )
+    assert second.model.config.verify_topk == 3 and second.model.verifier is not None
+    off = Trainer(
+        load_config(
+            None,
+            data=str(tiny_data),
+            out=str(tmp_path / "s2off"),
+            stage=2,
+            weights=str(first / "best.pt"),
+            verify_topk=0,
+            **TINY,
+        )
+    )
+    assert off.model.verifier is None
+    with pytest.raises(ConfigError, match="verify_topk"):
+        load_config(None, data=str(tiny_data), verify_topk=-1)
