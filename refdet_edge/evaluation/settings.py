@@ -24,7 +24,7 @@ class TemporalConfig:
     keep_fraction: float = 0.6  # detections down to keep_fraction * score_threshold can continue a path
     continuity: float = 0.5  # reward per step of the path, times the IoU of its consecutive boxes
     switch_cost: float = 0.5  # cost of the target appearing or disappearing on the path
-    confirm_frames: int = 3  # frames of the video a segment's strong detections stand for to be reported
+    confirm_frames: int = 2  # frames of the video a segment's strong detections stand for to be reported
     max_gap: int = 5  # frames without the target that a segment bridges
     gate: float = 1.0  # max centre distance across a bridged gap, in box diagonals
     smooth_frames: int = 0  # half-width of the linear fit that gives the reported box (0: the detection)

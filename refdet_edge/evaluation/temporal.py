@@ -18,7 +18,7 @@ video's own frame indices, so frames left out (every k-th frame scored) change n
 2. **Segments.** The path's boxes form segments: runs of boxes whose centres stay within ``gate`` box
    diagonals, across gaps of at most ``max_gap`` frames of the video. A segment is reported only if it holds
    at least two detections with ``score >= score_threshold`` that stand for ``confirm_frames`` frames of the
-   video (each stands for the frames since the observed frame before it: 3 detections at stride 1, 2 at
+   video (each stands for the frames since the observed frame before it: 2 detections at stride 1 and at
    stride 5), so a detection that does not persist is never reported. A reported segment covers every frame
    from its first detection to its last: its tentative frames and its bridged gaps.
 3. **The reported box** follows the detector: a weighted (by score) linear fit, in time, of the segment's
