@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from refdet_edge.benchmark import PAIR_KEYS
+from refdet_edge.cli_options import verify_topk_option
 
 
 @click.command(
@@ -38,13 +39,7 @@ from refdet_edge.benchmark import PAIR_KEYS
     "--support-encoder",
     help="Support encoder of the model: siamese, dinov2 or timm:NAME [default: the model's default].",
 )
-@click.option(
-    "--verify-topk",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Candidates per frame the support encoder verifies (0: none).",
-)
+@verify_topk_option
 @click.option(
     "--repeats",
     default=20,

@@ -12,6 +12,7 @@ import importlib
 import click
 
 from refdet_edge import __version__
+from refdet_edge.cli_options import verify_topk_option
 
 # name -> "module:attribute" of the subcommands imported on first use, in the order of ``refdet --help``.
 LAZY_COMMANDS = {
@@ -67,13 +68,7 @@ def cli() -> None:
     help="Reference image size (multiple of 32 for siamese and CNNs, 14 for dinov2).",
 )
 @click.option("--refs", "num_refs", default=3, show_default=True, help="Reference images per target.")
-@click.option(
-    "--verify-topk",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Candidates per frame the support encoder verifies (0: none), counted in the per-frame path.",
-)
+@verify_topk_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(
     imgsz: int, support_encoder: str, support_size: int, num_refs: int, verify_topk: int, as_json: bool

@@ -351,28 +351,17 @@ def test_verification_is_stored_in_best_pt_and_carried_by_the_next_stage(tiny_da
     first = tmp_path / "s1"
     Trainer(load_config(None, data=str(tiny_data), out=str(first), verify_topk=3, **TINY)).fit()
     assert read_checkpoint(first / "best.pt")["config"]["verify_topk"] == 3
-    second = Trainer(
-        load_config(
-            None,
-            data=str(tiny_data),
-            out=str(tmp_path / "s2"),
-            stage=2,
-            weights=str(first / "best.pt"),
-            **TINY,
-        )
-    )
-    assert second.model.config.verify_topk == 3 and second.model.verifier is not None
-    off = Trainer(
-        load_config(
-            None,
-            data=str(tiny_data),
-            out=str(tmp_path / "s2off"),
-            stage=2,
-            weights=str(first / "best.pt"),
-            verify_topk=0,
-            **TINY,
-        )
-    )
-    assert off.model.verifier is None
+
+    def stage2(name, **extra):
+        weights = str(first / "best.pt")
+        return Trainer(
+            load_config(
+                None, data=str(tiny_data), out=str(tmp_path / name), stage=2, weights=weights, **extra
+            )
+        ).model
+
+    carried = stage2("s2", **TINY)
+    assert carried.config.verify_topk == 3 and carried.verifier is not None
+    assert stage2("s2off", verify_topk=0, **TINY).verifier is None
     with pytest.raises(ConfigError, match="verify_topk"):
         load_config(None, data=str(tiny_data), verify_topk=-1)
