@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from refdet_edge.benchmark import PAIR_KEYS
-from refdet_edge.cli_options import verify_topk_option
+from refdet_edge.cli_options import verify_scale_option, verify_topk_option
 
 
 @click.command(
@@ -40,6 +40,7 @@ from refdet_edge.cli_options import verify_topk_option
     help="Support encoder of the model: siamese, dinov2 or timm:NAME [default: the model's default].",
 )
 @verify_topk_option
+@verify_scale_option
 @click.option(
     "--repeats",
     default=20,
@@ -84,6 +85,7 @@ def bench(
     support_size: int,
     support_encoder: str | None,
     verify_topk: int,
+    verify_scale: int,
     repeats: int,
     warmup: int,
     threads: int,
@@ -131,6 +133,7 @@ def bench(
                 threads=threads,
                 support_encoder=support_encoder,
                 verify_topk=verify_topk,
+                verify_scale=verify_scale,
             )
         except ValueError as err:
             raise click.BadParameter(str(err)) from None

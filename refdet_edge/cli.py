@@ -12,7 +12,7 @@ import importlib
 import click
 
 from refdet_edge import __version__
-from refdet_edge.cli_options import verify_topk_option
+from refdet_edge.cli_options import verify_scale_option, verify_topk_option
 
 # name -> "module:attribute" of the subcommands imported on first use, in the order of ``refdet --help``.
 LAZY_COMMANDS = {
@@ -69,9 +69,16 @@ def cli() -> None:
 )
 @click.option("--refs", "num_refs", default=3, show_default=True, help="Reference images per target.")
 @verify_topk_option
+@verify_scale_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(
-    imgsz: int, support_encoder: str, support_size: int, num_refs: int, verify_topk: int, as_json: bool
+    imgsz: int,
+    support_encoder: str,
+    support_size: int,
+    num_refs: int,
+    verify_topk: int,
+    verify_scale: int,
+    as_json: bool,
 ) -> None:
     """Parameters per module and GFLOPs of the per-frame path, of the support encoder, and of plain YOLOv8n
     at the same frame size (the baseline the per-frame path is compared with)."""
@@ -82,7 +89,11 @@ def info(
 
     try:
         model = create_model(
-            imgsz=imgsz, support_size=support_size, support_encoder=support_encoder, verify_topk=verify_topk
+            imgsz=imgsz,
+            support_size=support_size,
+            support_encoder=support_encoder,
+            verify_topk=verify_topk,
+            verify_scale=verify_scale,
         )
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
@@ -97,7 +108,7 @@ def info(
     click.echo(f"{'total':<12}{summary['total_params'] / 1e6:>12.3f}\n")
     click.echo(f"{'path':<48}{'params (M)':>12}{'GFLOPs':>10}")
     for label, key in (
-        (f"per frame ({imgsz}x{imgsz}, 1 target, {verify_topk} verified)", "per_frame"),
+        (f"per frame ({model.config.input_size}px, 1 target, {verify_topk} verified)", "per_frame"),
         (f"support ({support_encoder}, {num_refs} refs at {support_size})", "support_path"),
         (f"plain YOLOv8n ({imgsz}x{imgsz})", "plain_yolov8n"),
     ):

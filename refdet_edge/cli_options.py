@@ -11,3 +11,10 @@ verify_topk_option = click.option(
     type=click.IntRange(min=0),
     help="Candidates per frame the support encoder verifies (0: none), counted in the per-frame path.",
 )
+verify_scale_option = click.option(
+    "--verify-scale",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Verification crops from frames at S x --imgsz (the per-frame input; the backbone sees --imgsz).",
+)

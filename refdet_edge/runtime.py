@@ -179,7 +179,7 @@ class TorchRuntime(Runtime):
     def __init__(
         self, model: RefDetModel, device: torch.device, imgsz: int | None = None, **settings: Any
     ) -> None:
-        super().__init__(imgsz or model.config.imgsz, model.config.support_size, device, **settings)
+        super().__init__(imgsz or model.config.input_size, model.config.support_size, device, **settings)
         self.model = model.to(device).eval()
 
     @torch.inference_mode()

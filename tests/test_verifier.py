@@ -110,3 +110,67 @@ def test_a_verifying_mobilenet_model_exports_with_parity(tmp_path):
     export_onnx(model, tmp_path, IMGSZ)
     report = check_parity(model, tmp_path, IMGSZ)
     assert report["passed"], report["failures"]
+
+
+def test_verify_scale_crops_from_the_larger_input_and_the_backbone_sees_it_reduced():
+    from refdet_edge import runtime
+
+    sharp = verifying_model(topk=3, verify_scale=2)
+    plain = verifying_model(topk=3)
+    plain.load_state_dict(sharp.state_dict())
+    refs, query = torch.rand(1, 2, 3, SUPPORT, SUPPORT), torch.rand(2, 3, 2 * IMGSZ, 2 * IMGSZ)
+    with torch.no_grad():
+        inputs = sharp.detector_inputs(sharp.encode_references(refs))
+        big = sharp.detect(query, inputs)
+        small = plain.detect(torch.nn.functional.avg_pool2d(query, 2), inputs)
+    torch.testing.assert_close(big["boxes"], 2 * small["boxes"])  # boxes in the input's pixels
+    kept = big["pred_scores"] > SUPPRESSED_LOGIT
+    assert torch.equal(kept, small["pred_scores"] > SUPPRESSED_LOGIT)  # the same candidates verified
+    assert not torch.allclose(big["pred_scores"][kept], small["pred_scores"][kept])  # from other crops
+    assert (
+        sharp.config.input_size == 2 * IMGSZ and runtime.load(sharp, "torch", device="cpu").imgsz == 2 * IMGSZ
+    )
+    with pytest.raises(ValueError, match="multiples of 64"):
+        sharp.detect(query[:, :, :96, :96], inputs)
+    sharp.train()
+    assert sharp(query[:, :, :IMGSZ, :IMGSZ], refs)["boxes"].shape == small["boxes"].shape  # training: imgsz
+    with pytest.raises(ValueError, match="verify_scale"):
+        ModelConfig(imgsz=IMGSZ, support_size=SUPPORT, verify_scale=2)
+
+
+def test_verify_scale_tells_apart_a_look_alike_that_differs_only_in_fine_detail():
+    """Target: 1-pixel stripes at the large input's resolution; look-alike: flat, of the same mean. Reduced
+    to the backbone's resolution both are the same grey patch: only crops of the large input separate them."""
+    model = verifying_model(topk=2, verify_scale=2)
+    frame = np.full((2 * IMGSZ, 2 * IMGSZ, 3), 114, np.uint8)
+    stripes = np.zeros((32, 32, 3), np.uint8)
+    stripes[::2] = 220
+    frame[16:48, 16:48] = stripes
+    frame[80:112, 80:112] = 110
+    reference = frame[8:56, 8:56].copy()
+    refs, _ = preprocess_images([reference], SUPPORT)
+    appearance = model.encode_references(refs[None]).appearance
+    anchors = 8 * 8 + 4 * 4 + 2 * 2
+    t, o = 2 * 8 + 2, 6 * 8 + 6
+    scores = {}
+    for scale in (1, 2):
+        images, _ = preprocess_images([frame], IMGSZ * scale)
+        boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+        boxes[0, t] = torch.tensor([16.0, 16.0, 48.0, 48.0]) * scale / 2
+        boxes[0, o] = torch.tensor([80.0, 80.0, 112.0, 112.0]) * scale / 2
+        logits[0, t, 0], logits[0, o, 0] = 1.0, 3.0
+        if scale == 1:
+            images = torch.nn.functional.avg_pool2d(preprocess_images([frame], 2 * IMGSZ)[0], 2)
+        with torch.no_grad():
+            scores[scale] = model.verifier(images, boxes, logits, appearance, [(8, 8), (4, 4), (2, 2)])[
+                0, :, 0
+            ]
+    assert abs(scores[1][t] - scores[1][o]) < 0.05 * abs(scores[2][t] - scores[2][o])
+    assert scores[2][t] > scores[2][o]
+
+
+def test_a_verify_scale_model_exports_with_parity(tmp_path):
+    model = verifying_model(topk=3, verify_scale=2)
+    export_onnx(model, tmp_path, model.config.input_size)
+    report = check_parity(model, tmp_path, model.config.input_size)
+    assert report["passed"], report["failures"]

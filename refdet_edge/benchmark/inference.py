@@ -46,7 +46,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor) -> list:
 def frames(settings: BenchSettings) -> torch.Tensor:
     from refdet_edge.export.onnx_export import example_frames
 
-    return example_frames(1, settings.imgsz, seed=1)
+    return example_frames(1, settings.input_size, seed=1)
 
 
 def refdet_model(settings: BenchSettings, shared: dict) -> tuple[Any, torch.Tensor]:

@@ -20,7 +20,7 @@ YOLO_ONNX = "yolov8n.onnx"
 
 def export_dir(settings: BenchSettings) -> Path:
     encoder = (settings.support_encoder or "default").replace(":", "_")
-    name = f"export_{settings.imgsz}_{settings.support_size}_{encoder}_verify{settings.verify_topk}"
+    name = f"export_{settings.imgsz}_{settings.support_size}_{encoder}_verify{settings.verify_topk}x{settings.verify_scale}"
     return Path(settings.workdir) / name
 
 
@@ -57,7 +57,7 @@ def prepare_exports(settings: BenchSettings) -> None:
             output_names=["output0"],
         )
     model, _ = refdet_model(replace(settings, device="cpu"), {})
-    export_model(model, out, settings.imgsz, source="random weights (benchmark)")
+    export_model(model, out, settings.input_size, source="random weights (benchmark)")
 
 
 def reference_photos(settings: BenchSettings) -> list[np.ndarray]:

@@ -33,6 +33,7 @@ class BenchSettings:
     threads: int = 1
     support_encoder: str | None = None
     verify_topk: int = 0
+    verify_scale: int = 1
 
     def __post_init__(self) -> None:
         from refdet_edge.models import ModelConfig
@@ -49,6 +50,11 @@ class BenchSettings:
             )
 
     @property
+    def input_size(self) -> int:
+        """Side of the model's per-frame input (the plain YOLOv8n baseline runs at ``imgsz``)."""
+        return self.imgsz * (self.verify_scale if self.verify_topk else 1)
+
+    @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device)
 
@@ -59,7 +65,9 @@ class BenchSettings:
     @property
     def model_overrides(self) -> dict[str, str | int]:
         """Keyword overrides of ``create_model`` beyond the sizes."""
-        overrides: dict[str, str | int] = {"verify_topk": self.verify_topk} if self.verify_topk else {}
+        overrides: dict[str, str | int] = (
+            {"verify_topk": self.verify_topk, "verify_scale": self.verify_scale} if self.verify_topk else {}
+        )
         return {"support_encoder": self.support_encoder, **overrides} if self.support_encoder else overrides
 
 

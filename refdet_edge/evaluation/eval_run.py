@@ -117,7 +117,7 @@ def eval_model(
     from refdet_edge import runtime
 
     model = runtime.load(weights, "torch", device=device).model
-    dataset = _dataset(data, split, cache_size=model.config.imgsz)
+    dataset = _dataset(data, split, cache_size=model.config.input_size)
     validator = Validator(dataset, settings.validator())
     with tqdm(total=dataset.num_frames, unit="frame", desc="eval", dynamic_ncols=True) as bar:
         _, raw = validator(model, progress=bar.update)
@@ -127,7 +127,7 @@ def eval_model(
         "split": split,
         "split_kind": _kind(data, split),
         "weights": str(weights),
-        "settings": {"raw_conf": settings.raw_conf, "max_det": MAX_DET, "imgsz": model.config.imgsz},
+        "settings": {"raw_conf": settings.raw_conf, "max_det": MAX_DET, "imgsz": model.config.input_size},
     }
     result = _finish(validator, raw, settings, header, out, predictions_path, scored=True)
     result.paths.append(raw_path)

@@ -74,7 +74,7 @@ def predict_video(
         for start in range(0, len(scored), config.batch_size):
             indices = scored[start : start + config.batch_size]
             batch, infos = preprocess_images(
-                [dataset.load_frame(video, i)[0] for i in indices], model.config.imgsz
+                [dataset.load_frame(video, i)[0] for i in indices], model.config.input_size
             )
             det = model(batch.to(device))
             frames = postprocess(

@@ -57,7 +57,7 @@ def build_metadata(
         "imgsz": imgsz,
         "support_size": model.config.support_size,
         "strides": list(head.strides),
-        "num_anchors": sum((imgsz // s) ** 2 for s in head.strides),
+        "num_anchors": sum((imgsz // model.config.verify_scale // s) ** 2 for s in head.strides),
         "prototype_tokens": model.num_prototype_tokens,
         "prototype_channels": list(model.backbone.channels),
         "normalisation": {

@@ -27,7 +27,7 @@ def export_model(
     and return it. ``metadata["parity"]["passed"]`` says whether ONNX Runtime matched PyTorch within the
     tolerances; ``["failures"]`` names each figure that did not."""
     out_dir = Path(out_dir)
-    imgsz = imgsz or model.config.imgsz
+    imgsz = imgsz or model.config.input_size
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (SUPPORT_ENGINE, DETECTOR_ENGINE, CALIBRATION_CACHE):
         (out_dir / name).unlink(missing_ok=True)

@@ -26,7 +26,9 @@ class ModelConfig:
     ``support_encoder``: ``siamese`` | ``dinov2`` | ``timm:NAME`` (see :mod:`refdet_edge.models.support`);
     ``support_kwargs``: keyword arguments of ``timm.create_model`` that change the graph (such as
     ``pad_type="same"``), kept so that a checkpoint rebuilds the same graph. ``verify_topk`` > 0 adds the
-    :class:`AppearanceVerifier` (``verify_context``, ``verify_alpha``) to the per-frame path.
+    :class:`AppearanceVerifier` (``verify_context``, ``verify_alpha``) to the per-frame path. With
+    ``verify_scale`` s > 1 it crops from frames at s times the backbone's resolution: the per-frame input
+    is then ``imgsz * s`` pixels square and the backbone sees it reduced to ``imgsz`` (:attr:`input_size`).
     """
 
     imgsz: int = 640
@@ -41,6 +43,7 @@ class ModelConfig:
     verify_topk: int = 0
     verify_context: float = 0.25
     verify_alpha: float = 0.0
+    verify_scale: int = 1
 
     def __post_init__(self) -> None:
         if self.imgsz % 32:
@@ -51,8 +54,18 @@ class ModelConfig:
                 f"support_size must be a positive multiple of {multiple} for the {self.support_encoder} "
                 f"encoder, got {self.support_size}"
             )
+        if self.verify_scale < 1 or (self.verify_scale > 1 and not self.verify_topk):
+            raise ValueError(
+                f"verify_scale must be 1, or above 1 with verify_topk > 0, got {self.verify_scale} "
+                f"(verify_topk {self.verify_topk})"
+            )
         if self.combine not in COMBINE_MODES:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
+
+    @property
+    def input_size(self) -> int:
+        """Side of the per-frame input outside training: ``imgsz * verify_scale``."""
+        return self.imgsz * self.verify_scale
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +87,8 @@ class RefDetModel(nn.Module):
     ``set_references(images)`` encodes the references once and caches their prototypes; ``forward(query)``
     then reuses them. ``forward(query, references)`` encodes references on the fly (training). Images are
     RGB in [0, 1] (see :mod:`refdet_edge.preprocess`): queries (B, 3, imgsz, imgsz), references
-    (N, K, 3, S, S) for N targets with K photos each, or (K, 3, S, S) for one target.
+    (N, K, 3, S, S) for N targets with K photos each, or (K, 3, S, S) for one target. Outside training a
+    model with ``verify_scale`` s takes queries at ``config.input_size`` and returns boxes in their pixels.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -121,12 +135,22 @@ class RefDetModel(nn.Module):
             )
         return images
 
+    @property
+    def scale(self) -> int:
+        """Input pixels per backbone pixel: ``verify_scale`` outside training, else 1."""
+        return 1 if self.training or self.verifier is None else self.config.verify_scale
+
     def _check_query(self, query: torch.Tensor) -> None:
-        if query.dim() != 4 or query.shape[1] != 3 or query.shape[2] % 32 or query.shape[3] % 32:
+        multiple = 32 * self.scale
+        if query.dim() != 4 or query.shape[1] != 3 or query.shape[2] % multiple or query.shape[3] % multiple:
             raise ValueError(
-                "query must be (B, 3, H, W) RGB images with H and W multiples of 32, "
+                f"query must be (B, 3, H, W) RGB images with H and W multiples of {multiple}, "
                 f"got shape {tuple(query.shape)}"
             )
+
+    def _backbone_view(self, query: torch.Tensor) -> torch.Tensor:
+        """The query as the backbone sees it: area-reduced by :attr:`scale`."""
+        return query if self.scale == 1 else F.avg_pool2d(query, self.scale)
 
     def encode_references(self, images: torch.Tensor) -> References:
         """(N, K, 3, S, S) or (K, 3, S, S) reference images -> :class:`References` (gradients flow)."""
@@ -170,9 +194,11 @@ class RefDetModel(nn.Module):
         detections = self.head(feats, fused, prototypes)
         if self.verifier is not None and not self.training:
             shapes = [(f.shape[2], f.shape[3]) for f in feats]
+            boxes = detections["boxes"] * self.scale
             detections["pred_scores"] = self.verifier(
-                query, detections["boxes"], detections["pred_scores"], appearance, shapes
+                query, boxes, detections["pred_scores"], appearance, shapes
             )
+            detections["boxes"] = boxes
         return detections, fused
 
     def detect(self, query: torch.Tensor, inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -186,7 +212,8 @@ class RefDetModel(nn.Module):
                 f"got {len(inputs)} tensors"
             )
         appearance = inputs[levels] if self.verifier is not None else None
-        return self._fuse_and_score(query, self.backbone(query), inputs[:levels], appearance)[0]
+        feats = self.backbone(self._backbone_view(query))
+        return self._fuse_and_score(query, feats, inputs[:levels], appearance)[0]
 
     def forward(
         self, query: torch.Tensor, references: torch.Tensor | None = None, return_features: bool = False
@@ -207,7 +234,7 @@ class RefDetModel(nn.Module):
             raise RuntimeError(
                 "no references: call model.set_references(images) first or pass forward(query, references)"
             )
-        feats = self.backbone(query)
+        feats = self.backbone(self._backbone_view(query))
         detections, fused = self._fuse_and_score(query, feats, refs.prototypes, refs.appearance)
         if not return_features:
             return detections

@@ -32,7 +32,7 @@ def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
     cfg = model.config
     was_training = model.training
     model.eval()
-    query = torch.zeros(1, 3, cfg.imgsz, cfg.imgsz)
+    query = torch.zeros(1, 3, cfg.input_size, cfg.input_size)
     refs = torch.zeros(1, num_refs, 3, cfg.support_size, cfg.support_size)
     with torch.no_grad():
         inputs = model.detector_inputs(model.encode_references(refs))

@@ -106,6 +106,12 @@ EPILOG = """Examples:
     help="The head's share of a verified score: cosine**(1-a) * head**a.  [default: 0]",
 )
 @click.option(
+    "--verify-scale",
+    type=click.IntRange(min=1),
+    help="Verify on crops of frames at S x --imgsz (the backbone still sees --imgsz): sharper crops of "
+    "small targets in large frames.  [default: as --weights, else 1]",
+)
+@click.option(
     "--weights", type=click.Path(dir_okay=False), help="Checkpoint of a previous stage to start from."
 )
 @click.option(

@@ -76,6 +76,8 @@ class TrainConfig:
     verify_topk: int | None = None  # appearance verification of the head's best K per frame (0: off;
     # None: as the --weights checkpoint, else off); verify_alpha: the head's share of a verified score
     verify_alpha: float | None = None
+    verify_scale: int | None = None  # the verifier crops from frames at this multiple of imgsz (None: as
+    # --weights, else 1)
     weights: str | None = None  # previous stage's checkpoint to start from
     resume: str | None = None  # last.pt of an interrupted run; the run's own settings come from it
     out: str = "runs/train"
@@ -125,6 +127,7 @@ class TrainConfig:
                 self.verify_alpha is None or 0.0 <= self.verify_alpha <= 1.0,
                 "must be between 0 and 1",
             ),
+            ("verify_scale", self.verify_scale is None or self.verify_scale >= 1, "must be >= 1"),
             (
                 "freeze",
                 isinstance(self.freeze, list) and all(isinstance(f, str) and f for f in self.freeze),

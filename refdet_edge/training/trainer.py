@@ -176,7 +176,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
         self.train_data = DroneDataset(self._data_root(), "train", cache_size=config.imgsz)
-        self.val_data = DroneDataset(self._data_root(), "val", cache_size=config.imgsz)
+        self.val_data = DroneDataset(self._data_root(), "val", cache_size=self.model.config.input_size)
         self.validator = Validator(
             self.val_data, ValidatorConfig(batch_size=config.val_batch_size, frame_stride=config.val_stride)
         )
@@ -291,7 +291,12 @@ class Trainer:
     def _verify_settings(self) -> dict[str, Any]:
         """The verification fields of ModelConfig this run sets (the others come from --weights or the
         defaults)."""
-        values = {"verify_topk": self.cfg.verify_topk, "verify_alpha": self.cfg.verify_alpha}
+        cfg = self.cfg
+        values = {
+            "verify_topk": cfg.verify_topk,
+            "verify_alpha": cfg.verify_alpha,
+            "verify_scale": cfg.verify_scale,
+        }
         return {key: value for key, value in values.items() if value is not None}
 
     def _build_model(self, resume_ckpt: dict | None) -> RefDetModel:
