@@ -169,6 +169,17 @@ def test_inference_pairs_run_both_sides(tmp_path, key):
     assert torch.get_num_threads() == settings.num_threads
 
 
+def test_a_verify_scale_model_is_fed_its_larger_input_and_yolov8n_the_plain_size(tmp_path):
+    settings = BenchSettings(str(tmp_path), imgsz=64, support_size=32, verify_topk=2, verify_scale=2)
+    assert settings.input_size == 128
+    assert inference.frames(settings).shape[-1] == 128
+    assert inference.frames(settings, baseline=True).shape[-1] == 64
+    result = run_pair("detection_vs_yolov8n", settings, memory=False)  # each side takes its own size
+    assert result.skipped is None and result.baseline_ms > 0 and result.candidate_ms > 0
+    with pytest.raises(ValueError, match="verify_scale"):
+        BenchSettings(str(tmp_path), imgsz=64, verify_scale=2)  # a scale without a verifier
+
+
 @pytest.mark.slow
 def test_training_pair_counts_samples(tmp_path):
     settings = BenchSettings(str(tmp_path), **TINY)

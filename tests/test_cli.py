@@ -71,3 +71,7 @@ def test_info_counts_verification_in_the_per_frame_path():
     plain, verified = per_frame(), per_frame("--verify-topk", "4")
     assert verified["gflops"] > plain["gflops"] + 4 * 0.04  # four 64 px MobileNetV2 crops (~0.05 GFLOPs each)
     assert verified["params"] > plain["params"] + 2_000_000  # the encoder runs per frame
+    sharp = per_frame("--verify-topk", "4", "--verify-scale", "2")  # a 128 px input, the backbone at 64
+    assert sharp["gflops"] == pytest.approx(verified["gflops"], rel=0.02)
+    result = CliRunner().invoke(cli, ["info", "--imgsz", "64", "--verify-scale", "2"])
+    assert result.exit_code != 0 and "verify_topk" in result.output

@@ -43,10 +43,12 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor) -> list:
     return postprocess(boxes, scores, None, CONF, IOU, MAX_DET)
 
 
-def frames(settings: BenchSettings) -> torch.Tensor:
+def frames(settings: BenchSettings, baseline: bool = False) -> torch.Tensor:
+    """One frame at the model's input size, or at ``imgsz`` for plain YOLOv8n (``baseline``): the two
+    differ for a model that verifies at a ``verify_scale`` above 1."""
     from refdet_edge.export.onnx_export import example_frames
 
-    return example_frames(1, settings.input_size, seed=1)
+    return example_frames(1, settings.imgsz if baseline else settings.input_size, seed=1)
 
 
 def refdet_model(settings: BenchSettings, shared: dict) -> tuple[Any, torch.Tensor]:
@@ -68,7 +70,7 @@ def refdet_model(settings: BenchSettings, shared: dict) -> tuple[Any, torch.Tens
 
 
 def build_detection_vs_yolov8n(settings: BenchSettings, side: str, shared: dict) -> Side:
-    images = frames(settings).to(settings.torch_device)
+    images = frames(settings, baseline=side == "baseline").to(settings.torch_device)
     if side == "baseline":
         net = plain_yolov8n(settings.torch_device)
 

@@ -49,7 +49,7 @@ def prepare_exports(settings: BenchSettings) -> None:
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             net,
-            (frames(settings),),
+            (frames(settings, baseline=True),),
             str(out / YOLO_ONNX),
             dynamo=False,
             opset_version=17,
@@ -69,7 +69,7 @@ def reference_photos(settings: BenchSettings) -> list[np.ndarray]:
 def build_onnx_detector_vs_yolov8n(settings: BenchSettings, side: str, shared: dict) -> Side:
     from refdet_edge import runtime
 
-    images = frames(settings)
+    images = frames(settings, baseline=side == "baseline")
     device, threads = settings.torch_device, settings.num_threads
     if side == "baseline":
         session = runtime.onnx_session(export_dir(settings) / YOLO_ONNX, device, threads)

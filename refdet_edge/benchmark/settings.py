@@ -52,7 +52,7 @@ class BenchSettings:
     @property
     def input_size(self) -> int:
         """Side of the model's per-frame input (the plain YOLOv8n baseline runs at ``imgsz``)."""
-        return self.imgsz * (self.verify_scale if self.verify_topk else 1)
+        return self.imgsz * self.verify_scale
 
     @property
     def torch_device(self) -> torch.device:
@@ -65,9 +65,9 @@ class BenchSettings:
     @property
     def model_overrides(self) -> dict[str, str | int]:
         """Keyword overrides of ``create_model`` beyond the sizes."""
-        overrides: dict[str, str | int] = (
-            {"verify_topk": self.verify_topk, "verify_scale": self.verify_scale} if self.verify_topk else {}
-        )
+        overrides: dict[str, str | int] = {"verify_topk": self.verify_topk} if self.verify_topk else {}
+        if self.verify_scale != 1:
+            overrides["verify_scale"] = self.verify_scale
         return {"support_encoder": self.support_encoder, **overrides} if self.support_encoder else overrides
 
 

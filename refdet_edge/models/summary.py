@@ -43,6 +43,7 @@ def model_summary(model: RefDetModel, num_refs: int = 3) -> dict:
     shared = modules["backbone"] if cfg.support_encoder == "siamese" else 0
     return {
         "imgsz": cfg.imgsz,
+        "input_size": cfg.input_size,
         "support_size": cfg.support_size,
         "num_refs": num_refs,
         "params": modules,
