@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -144,10 +145,21 @@ def test_fusion_output_depends_on_prototypes_once_trained(trained_like):
         assert (level_a - level_b).abs().max() > 1e-4
 
 
-def test_grid_pool_equals_adaptive_average_pooling():
-    maps = torch.randn(2, 4, 7, 5)
+class _GridPool(torch.nn.Module):
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return grid_pool(maps, 2)
+
+
+def test_grid_pool_equals_adaptive_average_pooling_in_torch_and_in_onnx(tmp_path):
+    import onnxruntime as ort
+
+    maps = torch.randn(2, 4, 7, 5)  # odd sides: the 2 x 2 cells overlap
     expected = torch.nn.functional.adaptive_avg_pool2d(maps, 2).flatten(2).transpose(1, 2)
     torch.testing.assert_close(grid_pool(maps, 2), expected)
+    path = tmp_path / "grid_pool.onnx"
+    torch.onnx.export(_GridPool(), (maps,), str(path), dynamo=False, input_names=["maps"])
+    (exported,) = ort.InferenceSession(str(path)).run(None, {"maps": maps.numpy()})
+    np.testing.assert_allclose(exported, expected.numpy(), atol=1e-6)
 
 
 def test_features_have_documented_shapes_and_match_detections(model):

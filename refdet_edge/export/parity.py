@@ -48,6 +48,7 @@ PARITY_REFS = 3
 THRESHOLDS = (DEFAULT_SCORE_THRESHOLD, 0.05)
 NMS_IOU, MAX_DET, TOP_K = 0.5, 100, 5
 SCORE_TOLERANCE = 1e-4
+PROTOTYPE_TOLERANCE = 1e-3  # prototypes are O(1); a verifier's scores can hide a wrong support graph
 IOU_TOLERANCE = 0.99
 SCENE_SHAPE = (360, 640)  # (h, w) of a synthetic frame: 16:9 like drone video
 SCENE_OBJECT_PX = (14.0, 48.0)  # long side of a pasted object in a synthetic frame
@@ -239,13 +240,20 @@ def check_parity(model: RefDetModel, out_dir: Path, imgsz: int, inputs: ParityIn
         case.update(compare_outputs(out["boxes"], out["pred_scores"].sigmoid(), boxes_ort, scores_ort))
         cases.append(case)
     failures = [line for case in cases for line in case_failures(case)]
+    if not proto_diff < PROTOTYPE_TOLERANCE:
+        failures.append(f"prototypes: max |diff| {proto_diff:.2e} (limit {PROTOTYPE_TOLERANCE:.0e})")
     return {
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider vs torch {torch.__version__} CPU, fp32",
         "inputs": inputs.source,
         "sides": {"reference": "PyTorch", "export": "ONNX Runtime"},
         "references": f"K={PARITY_REFS} per target, not the export's example inputs",
         "nms": {"conf": list(THRESHOLDS), "iou": NMS_IOU, "max_det": MAX_DET, "ranked_by": "PyTorch scores"},
-        "tolerance": {"score_max_abs_diff": SCORE_TOLERANCE, "box_match_iou": IOU_TOLERANCE, "top_k": TOP_K},
+        "tolerance": {
+            "score_max_abs_diff": SCORE_TOLERANCE,
+            "prototype_max_abs_diff": PROTOTYPE_TOLERANCE,
+            "box_match_iou": IOU_TOLERANCE,
+            "top_k": TOP_K,
+        },
         "prototype_max_abs_diff": proto_diff,
         "cases": cases,
         "failures": failures,

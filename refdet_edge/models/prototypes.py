@@ -30,10 +30,13 @@ def combine_references(features: torch.Tensor, mode: str = "mean", temperature: 
 
 def grid_pool(maps: torch.Tensor, pool: int) -> torch.Tensor:
     """(M, D, h, w) -> (M, pool * pool, D): the cells of ``adaptive_avg_pool2d(maps, pool)``, computed with
-    static slices so that any h, w (such as P5's 7 x 7 at support size 224) exports to ONNX."""
+    static slices so that any h, w (such as P5's 7 x 7 at support size 224) exports to ONNX. The cell bounds
+    are floor and ceiling of non-negative quotients only: the tracer records this arithmetic on the traced
+    sizes, and ONNX's integer division truncates where Python's floors (a ceiling written as
+    ``-(-a // b)`` came out one row short on 7 x 7 maps)."""
     h, w = maps.shape[-2:]
-    rows = [(i * h // pool, -(-(i + 1) * h // pool)) for i in range(pool)]
-    cols = [(j * w // pool, -(-(j + 1) * w // pool)) for j in range(pool)]
+    rows = [(i * h // pool, ((i + 1) * h + pool - 1) // pool) for i in range(pool)]
+    cols = [(j * w // pool, ((j + 1) * w + pool - 1) // pool) for j in range(pool)]
     cells = [maps[:, :, r0:r1, c0:c1].mean((2, 3)) for r0, r1 in rows for c0, c1 in cols]
     return torch.stack(cells, dim=1)
 
