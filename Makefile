@@ -55,7 +55,9 @@ SHARED_WEIGHTS ?= ../shared/weights
 SOT_SEQUENCES = $(wildcard $(SHARED_DATA)/sot/*/) $(wildcard $(SHARED_DATA)/sot_more/*/)
 IMPORT := --thin-to 100 --absent-ratio 0.6
 ENCODER ?= mobilenetv2
-ENC_mobilenetv2 := --support-encoder timm:mobilenetv2_100 --support-size 224 --verify-topk 8 --verify-scale 2 \
+VERIFY_SCALE ?= 2
+ENC_mobilenetv2 := --support-encoder timm:mobilenetv2_100 --support-size 224 --verify-topk 8 \
+	--verify-scale $(VERIFY_SCALE) \
 	--support-weights $(SHARED_WEIGHTS)/mobilenetv2_100-imagenet.safetensors
 ENC_siamese := --support-encoder siamese --support-size 128
 ENC_dinov2 := --support-encoder dinov2 --support-size 224
