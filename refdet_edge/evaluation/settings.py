@@ -22,7 +22,7 @@ class TemporalConfig:
 
     score_threshold: float = DEFAULT_SCORE_THRESHOLD  # the operating point: a path's boxes must reach it
     keep_fraction: float = 0.6  # detections down to keep_fraction * score_threshold can continue a path
-    continuity: float = 0.5  # reward per step of the path, times the IoU of its consecutive boxes
+    continuity: float = 0.25  # reward per step of the path, times the IoU of its consecutive boxes
     switch_cost: float = 0.5  # cost of the target appearing or disappearing on the path
     confirm_frames: int = 2  # frames of the video a segment's strong detections stand for to be reported
     max_gap: int = 5  # frames without the target that a segment bridges

@@ -39,7 +39,8 @@ Modes (:data:`MODES`):
 
 ``continuity`` and ``switch_cost`` were chosen on the validation split of the object split
 (``real_data/unseen``, 4 objects: the raw detections of the two-stage baseline and of the verifying
-mobilenetv2 model), never on a test split; the others on synthetic streams (``tests/test_temporal.py``).
+mobilenetv2 model at ``verify_scale`` 2, ``benchmarks/temporal_sweep.py``), never on a test split; the
+others on synthetic streams (``tests/test_temporal.py``).
 """
 
 from __future__ import annotations
