@@ -254,6 +254,15 @@ def test_support_size_other_than_the_checkpoints_is_refused(checkpoint, tmp_path
     assert_clean_error(result, str(checkpoint), "config.support_size")
 
 
+def test_an_input_size_a_verify_scale_model_cannot_take_is_refused(tmp_path):
+    path = tmp_path / "scale2.pt"
+    config = {"imgsz": IMGSZ, "support_size": SUPPORT, "verify_topk": 2, "verify_scale": 2}
+    atomic_save(checkpoint_payload(create_model(**config)), path)
+    result = run("--weights", path, "--out", tmp_path / "o", "--imgsz", 96)  # a multiple of 32, not of 64
+    assert_clean_error(result, "--imgsz", str(path), "multiple of 64")
+    assert not (tmp_path / "o" / SUPPORT_FILE).exists()
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

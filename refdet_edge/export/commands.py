@@ -135,7 +135,12 @@ def _parity_failed(out_dir: Path, metadata: dict, keep: bool) -> None:
 @click.option(
     "--calib-frames", default=256, show_default=True, help="Calibration frames, spread over the videos."
 )
-@click.option("--imgsz", type=int, help="Query frame size, multiple of 32 [default: the checkpoint's].")
+@click.option(
+    "--imgsz",
+    type=int,
+    help="Query frame size (the graph's input), a multiple of 32, of 32 x S for a checkpoint that verifies "
+    "at --verify-scale S [default: the checkpoint's].",
+)
 @click.option(
     "--support-size",
     type=int,
@@ -211,6 +216,13 @@ def export(
     if onnx:
         inputs = _parity_inputs(parity_data)
         model, source = _load_model(weights, yolo_weights, dinov2_weights, imgsz, support_size)
+        multiple = 32 * model.config.verify_scale
+        if imgsz is not None and imgsz % multiple:
+            raise click.BadParameter(
+                f"{weights}: the model verifies at scale {model.config.verify_scale}, so its input must be a "
+                f"multiple of {multiple}, got {imgsz}",
+                param_hint="--imgsz",
+            )
         profiles = _profiles(None, batch_max, targets_max, refs_max)
         try:
             metadata = export_model(model, out_dir, imgsz, opset, simplify, profiles, source, inputs)
