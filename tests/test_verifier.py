@@ -162,13 +162,12 @@ def test_verify_scale_tells_apart_a_look_alike_that_differs_only_in_fine_detail(
     t, o = 2 * 8 + 2, 6 * 8 + 6
     scores = {}
     for scale in (1, 2):
-        images, _ = preprocess_images([frame], IMGSZ * scale)
+        images = preprocess_images([frame], 2 * IMGSZ)[0]
+        images = images if scale == 2 else torch.nn.functional.avg_pool2d(images, 2)
         boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
         boxes[0, t] = torch.tensor([16.0, 16.0, 48.0, 48.0]) * scale / 2
         boxes[0, o] = torch.tensor([80.0, 80.0, 112.0, 112.0]) * scale / 2
         logits[0, t, 0], logits[0, o, 0] = 1.0, 3.0
-        if scale == 1:
-            images = torch.nn.functional.avg_pool2d(preprocess_images([frame], 2 * IMGSZ)[0], 2)
         with torch.no_grad():
             scores[scale] = model.verifier(images, boxes, logits, appearance, [(8, 8), (4, 4), (2, 2)])[
                 0, :, 0
