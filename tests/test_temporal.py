@@ -41,6 +41,18 @@ def test_a_stronger_detection_outside_the_gate_takes_over(mode):
 
 
 @pytest.mark.parametrize("mode", TRACKING)
+def test_a_lone_detection_elsewhere_while_the_target_is_in_view_is_kept(mode):
+    """While a confirmed track says the target is in view, a frame whose only detection lies elsewhere (the
+    detector picked the target, or a look-alike, somewhere else) is reported as raw reports it: such a frame
+    holds the target, so the box costs nothing if wrong and scores if right."""
+    dets = {f: [detection(f)] for f in range(20)}
+    dets[10] = [SPURIOUS]
+    out = apply_temporal(dets, mode)
+    assert out[10][:4] == SPURIOUS[:4]
+    assert sorted(out) == list(range(20))
+
+
+@pytest.mark.parametrize("mode", TRACKING)
 def test_a_confirmed_track_reports_its_first_frames(mode):
     """Dropped starts: the frames before confirmation are filled in once the track confirms."""
     out = apply_temporal({f: [detection(f)] for f in range(20)}, mode)

@@ -15,12 +15,16 @@ video's own frame indices, so frames left out (every k-th frame scored) change n
    detection over the threshold, the raw output: the weights only add what the neighbouring frames say. A
    strong detection anywhere takes over from a weak one at once (no gate locks it out), and a weak detection
    is kept where it continues the target.
-2. **Segments.** The path's boxes form segments: runs of boxes whose centres stay within ``gate`` box
-   diagonals, across gaps of at most ``max_gap`` frames of the video. A segment is reported only if it holds
-   at least two detections with ``score >= score_threshold`` that stand for ``confirm_frames`` frames of the
-   video (each stands for the frames since the observed frame before it: 2 detections at stride 1 and at
-   stride 5), so a detection that does not persist is never reported. A reported segment covers every frame
-   from its first detection to its last: its tentative frames and its bridged gaps.
+2. **Presence runs and segments.** The path's boxes form presence runs: boxes anywhere in the frame, across
+   gaps of at most ``max_gap`` frames of the video; within a run they form segments: boxes whose centres stay
+   within ``gate`` box diagonals. A run is reported only if it holds at least two detections with
+   ``score >= score_threshold`` that stand for ``confirm_frames`` frames of the video (each stands for the
+   frames since the observed frame before it: 2 detections at stride 1 and at stride 5), so a detection that
+   does not persist is never reported. Presence is confirmed per run, not per segment: while the target is
+   in view, a frame whose best box jumps elsewhere (to the target found again, or to a look-alike) holds the
+   target either way, so its box costs nothing if wrong; a one-frame false positive among background frames
+   is a run of its own and is dropped. A reported segment covers every frame from its first detection to
+   its last: its tentative frames and its bridged gaps.
 3. **The reported box** follows the detector: a weighted (by score) linear fit, in time, of the segment's
    own detections within ``smooth_frames`` frames either side, centred on the frame, so motion and changes
    of size or aspect are followed without lag and a perfect detector is reproduced exactly. A frame inside a
@@ -219,8 +223,10 @@ class _Segment:
 
 
 def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig) -> list[_Segment]:
-    """The confirmed segments of a path (step 2), in frame order."""
+    """The reported segments of a path (step 2), in frame order: those of a confirmed presence run."""
     segments: list[_Segment] = []
+    runs: list[_Segment] = []  # the evidence of each presence run, wherever its boxes are
+    run_of: list[int] = []
     previous: int | None = None
     first_miss: int | None = None
     for frame, det in path:
@@ -228,12 +234,16 @@ def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig)
             first_miss = frame if first_miss is None else first_miss
         else:
             missed = 0 if first_miss is None else previous - first_miss + 1
-            if not segments or not segments[-1].continues(det, missed, config):
+            if not runs or missed > config.max_gap:
+                runs.append(_Segment([], [], []))
+            if not segments or run_of[-1] != len(runs) - 1 or not segments[-1].continues(det, missed, config):
                 segments.append(_Segment([], [], []))
+                run_of.append(len(runs) - 1)
             segments[-1].add(frame, det, previous, config)
+            runs[-1].add(frame, det, previous, config)
             first_miss = None
         previous = frame
-    return [s for s in segments if s.confirmed(config)]
+    return [s for s, r in zip(segments, run_of, strict=True) if runs[r].confirmed(config)]
 
 
 def _report(
