@@ -182,9 +182,6 @@ class _Segment:
             self.strong_hits += 1
             self.coverage += 1 if previous is None else frame - previous
 
-    def confirmed(self, config: TemporalConfig) -> bool:
-        return self.strong_hits >= min(2, config.confirm_frames) and self.coverage >= config.confirm_frames
-
     def continues(self, det: np.ndarray, missed: int, config: TemporalConfig) -> bool:
         """Whether ``det`` carries on this segment: after a gap whose observed frames without the target
         span ``missed`` frames of the video (frames not observed never end it), within the gate."""
@@ -222,11 +219,15 @@ class _Segment:
         return (1 - u) * self._fit(a, smooth) + u * self._fit(b, smooth)
 
 
+def _confirmed(run: list[_Segment], config: TemporalConfig) -> bool:
+    """Whether a presence run's strong detections, over all its segments, confirm it (step 2)."""
+    hits, coverage = sum(s.strong_hits for s in run), sum(s.coverage for s in run)
+    return hits >= min(2, config.confirm_frames) and coverage >= config.confirm_frames
+
+
 def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig) -> list[_Segment]:
     """The reported segments of a path (step 2), in frame order: those of a confirmed presence run."""
-    segments: list[_Segment] = []
-    runs: list[_Segment] = []  # the evidence of each presence run, wherever its boxes are
-    run_of: list[int] = []
+    runs: list[list[_Segment]] = []
     previous: int | None = None
     first_miss: int | None = None
     for frame, det in path:
@@ -235,15 +236,13 @@ def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig)
         else:
             missed = 0 if first_miss is None else previous - first_miss + 1
             if not runs or missed > config.max_gap:
-                runs.append(_Segment([], [], []))
-            if not segments or run_of[-1] != len(runs) - 1 or not segments[-1].continues(det, missed, config):
-                segments.append(_Segment([], [], []))
-                run_of.append(len(runs) - 1)
-            segments[-1].add(frame, det, previous, config)
-            runs[-1].add(frame, det, previous, config)
+                runs.append([])
+            if not runs[-1] or not runs[-1][-1].continues(det, missed, config):
+                runs[-1].append(_Segment([], [], []))
+            runs[-1][-1].add(frame, det, previous, config)
             first_miss = None
         previous = frame
-    return [s for s, r in zip(segments, run_of, strict=True) if runs[r].confirmed(config)]
+    return [segment for run in runs if _confirmed(run, config) for segment in run]
 
 
 def _report(
