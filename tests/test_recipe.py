@@ -184,6 +184,24 @@ def test_training_steps_leave_batchnorm_statistics_alone(kind):
     assert not torch.equal(affine, norm.weight)  # affine weights still train
 
 
+def test_calibration_runs_the_training_pass_of_a_verifying_model():
+    model = create_model(  # the backbone sees the queries alone
+        imgsz=IMGSZ,
+        support_size=SUPPORT,
+        support_encoder="timm:mobilenetv2_100",
+        verify_topk=2,
+        verify_scale=2,
+    ).eval()
+    queries, refs = torch.rand(1, 3, IMGSZ, IMGSZ), torch.rand(1, 2, 3, SUPPORT, SUPPORT)
+    seen = []
+    model.backbone.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[-1]))
+    assert calibrate_batchnorm(model, lambda b: model(*b), [(queries, refs)]) > 0
+    assert seen == [IMGSZ]  # the window as training sees it, not halved as an inference input at scale 2
+    assert not model.training and not any(
+        never_calibrated(m) for m in model.modules() if hasattr(m, "running_var")
+    )
+
+
 def test_train_mode_forward_equals_eval_mode_forward_with_frozen_batchnorm():
     g = torch.Generator().manual_seed(3)
     query, refs = (
@@ -330,6 +348,7 @@ def test_trainer_builds_the_recipe(synth_root, tmp_path):
         k_shot=1,
         imgsz=IMGSZ,
         support_size=224,
+        support_encoder="siamese",  # the recipe is the encoder's to follow, not to change
         episodes_per_epoch=2,
         samples_per_class=1,
         workers=0,

@@ -44,14 +44,19 @@ def never_calibrated(bn: BatchNorm) -> bool:
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, run: Callable[[object], object], batches: Iterable) -> int:
     """Estimate the statistics of the never-calibrated BatchNorms of ``model`` (see :func:`never_calibrated`)
-    as the plain average over ``batches``; ``run(batch)`` runs the model's forward pass on one batch. Other
-    BatchNorms and every weight are left as they are. Returns how many BatchNorms were calibrated."""
+    as the plain average over ``batches``; ``run(batch)`` runs the model's forward pass on one batch. The pass
+    is the training one (a verifying model takes training windows as they are, not as a larger inference
+    input to reduce), with the other BatchNorms and dropout as in frozen-statistics training; every weight
+    and those BatchNorms are left as they are. Returns how many BatchNorms were calibrated."""
     fresh = [m for m in model.modules() if isinstance(m, BatchNorm) and never_calibrated(m)]
     if not fresh:
         return 0
     mode = {m: m.training for m in model.modules()}
     momenta = [m.momentum for m in fresh]
-    model.eval()
+    model.train()
+    for m in model.modules():
+        if isinstance(m, (BatchNorm, nn.Dropout)):
+            m.eval()
     for m in fresh:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches
