@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from refdet_edge.training.plots import training_figures
 from refdet_edge.training.trainer import Trainer
 
 SHARED_YOLO = Path(__file__).resolve().parents[2] / "shared" / "weights" / "yolov8n-coco.pt"
-TINY = {
+TINY = {  # the mechanics of training, with the cheapest encoder (the default one has a test of its own)
+    "support_encoder": "siamese",
     "imgsz": 64,
     "support_size": 64,
     "episodes_per_epoch": 4,
@@ -275,6 +277,24 @@ def test_training_start_names_device_weights_and_encoder(straight, tiny_data, tm
         load_config(None, data=str(tiny_data), out=str(tmp_path / "b"), weights=str(best), **TINY)
     )
     assert stage2.describe()[1] == f"weights: {best}: {len(read_checkpoint(best)['model'])} tensors matched"
+
+
+def test_a_fresh_run_verifies_with_mobilenet_by_default_and_a_stage_keeps_the_encoder_of_its_weights(
+    straight, tiny_data, tmp_path
+):
+    defaults = {k: v for k, v in TINY.items() if k not in ("support_encoder", "support_size")}
+    with pytest.warns(UserWarning, match="RANDOM SUPPORT ENCODER: timm:mobilenetv2_100"):
+        fresh = Trainer(load_config(None, data=str(tiny_data), out=str(tmp_path / "a"), **defaults))
+    arch = fresh.model.config
+    assert (arch.support_encoder, arch.support_size) == ("timm:mobilenetv2_100", 224)
+    assert (arch.verify_topk, arch.verify_scale) == (8, 2) and fresh.model.verifier is not None
+    siamese = Trainer(load_config(None, data=str(tiny_data), out=str(tmp_path / "b"), **TINY)).model
+    assert (siamese.config.verify_topk, siamese.config.verify_scale, siamese.verifier) == (0, 1, None)
+    out, _ = straight  # a siamese run at 64 px
+    stage2 = load_config(None, data=str(tiny_data), stage=2, weights=str(out / "best.pt"), **defaults)
+    assert (stage2.support_encoder, stage2.support_size) == ("siamese", 64)
+    with pytest.raises(ConfigError, match="support_encoder"):
+        Trainer(replace(stage2, support_encoder="timm:mobilenetv2_100", out=str(tmp_path / "c")))
 
 
 def test_epoch_ticks_are_whole_numbers():

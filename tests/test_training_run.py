@@ -22,7 +22,8 @@ from refdet_edge.training import trainer as trainer_module
 from refdet_edge.training.config import load_config
 from refdet_edge.training.trainer import Trainer, TrainingError
 
-TINY = {
+TINY = {  # the mechanics of training, with the cheapest encoder (the default one has a test of its own)
+    "support_encoder": "siamese",
     "imgsz": 64,
     "support_size": 64,
     "episodes_per_epoch": 3,

@@ -16,6 +16,12 @@ from refdet_edge.training.config import NEGATIVE_STRATEGIES, ConfigError, TrainC
 EPILOG = """Examples:
 
 \b
+  # the default encoder (timm MobileNetV2, 8 verified candidates per frame) from pretrained weights
+  refdet train --data D --stage 1 --yolo-weights yolov8n.pt \\
+      --support-weights mobilenetv2_100-imagenet.safetensors --out runs/s1
+  # the cheapest encoder: the query backbone encodes the references too
+  refdet train --data D --stage 1 --yolo-weights yolov8n.pt --support-encoder siamese --support-size 128
+\b
   # three stages on the synthetic set of `refdet data synth --out demo_data`
   refdet train --data demo_data --stage 1 --epochs 3 --imgsz 320 --out runs/s1
   refdet train --data demo_data --stage 2 --epochs 2 --imgsz 320 \\
@@ -68,7 +74,7 @@ EPILOG = """Examples:
 @click.option(
     "--support-size",
     type=int,
-    help="Reference size: a multiple of 32 (siamese, CNNs) or 14 (dinov2).  [default: 224]",
+    help="Reference size: a multiple of 32 (siamese, CNNs) or 14 (dinov2).  [default: as --weights, else 224]",
 )
 @click.option("--lr", type=float, help="Base learning rate.  [default: the stage's: 1e-3, 5e-4, 1e-4]")
 @click.option("--device", help="auto, cpu, cuda, cuda:1.  [default: auto]")
@@ -78,7 +84,8 @@ EPILOG = """Examples:
 )
 @click.option(
     "--support-encoder",
-    help="siamese (the query backbone, from --yolo-weights), dinov2 or timm:NAME.  [default: siamese]",
+    help="siamese (the query backbone, from --yolo-weights), dinov2 or timm:NAME; pretrained only with "
+    "--support-weights (siamese: --yolo-weights).  [default: as --weights, else timm:mobilenetv2_100]",
 )
 @click.option(
     "--support-weights",
@@ -98,7 +105,7 @@ EPILOG = """Examples:
     "--verify-topk",
     type=click.IntRange(min=0),
     help="Re-score the head's best K candidates per frame with the support encoder's view of them "
-    "(0: off).  [default: as --weights, else off]",
+    "(0: off).  [default: as --weights, else 8, or off with siamese]",
 )
 @click.option(
     "--verify-alpha",
@@ -109,7 +116,7 @@ EPILOG = """Examples:
     "--verify-scale",
     type=click.IntRange(min=1),
     help="Verify on crops of frames at S x --imgsz (the backbone still sees --imgsz): sharper crops of "
-    "small targets in large frames.  [default: as --weights, else 1]",
+    "small targets in large frames.  [default: as --weights, else 2 when verifying]",
 )
 @click.option(
     "--weights", type=click.Path(dir_okay=False), help="Checkpoint of a previous stage to start from."

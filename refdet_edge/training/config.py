@@ -14,6 +14,13 @@ import yaml
 
 NEGATIVE_STRATEGIES = ("background", "cross_class", "mixed")
 
+# The encoder and verification a run starts with when no --weights says otherwise: the configuration that
+# measured best on unseen objects (README, "Finding objects nobody trained on"). It is pretrained only with
+# --support-weights (a timm state dict, or "hub"); without them training warns that the encoder is random.
+DEFAULT_ENCODER = "timm:mobilenetv2_100"
+FRESH_VERIFY_TOPK = 8
+FRESH_VERIFY_SCALE = 2
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the file (if any) and the field."""
@@ -70,14 +77,15 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 2
     yolo_weights: str | None = None
-    support_encoder: str = "siamese"  # siamese (the query backbone) | dinov2 | timm:NAME
+    support_encoder: str = DEFAULT_ENCODER  # siamese (the query backbone) | dinov2 | timm:NAME
     support_weights: str | None = None  # the support encoder's state dict, or "hub" (a download through timm)
     support_kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model arguments of timm:NAME
     verify_topk: int | None = None  # appearance verification of the head's best K per frame (0: off;
-    # None: as the --weights checkpoint, else off); verify_alpha: the head's share of a verified score
+    # None: as the --weights checkpoint, else FRESH_VERIFY_TOPK, or off for siamese); verify_alpha: the
+    # head's share of a verified score
     verify_alpha: float | None = None
     verify_scale: int | None = None  # the verifier crops from frames at this multiple of imgsz (None: as
-    # --weights, else 1)
+    # --weights, else FRESH_VERIFY_SCALE when verifying, 1 when not)
     weights: str | None = None  # previous stage's checkpoint to start from
     resume: str | None = None  # last.pt of an interrupted run; the run's own settings come from it
     out: str = "runs/train"
@@ -163,11 +171,23 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     if values.get("resume") is not None:
         return resume_config(read_resumable(values["resume"])["train_config"], values)
     try:
-        return TrainConfig(**values)
+        return TrainConfig(**architecture_of_weights(values))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path else str(err)) from None
     except TypeError as err:
         raise ConfigError(f"{path or 'config'}: {err}") from None
+
+
+def architecture_of_weights(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the support encoder and size of the ``weights`` checkpoint where the user gave none:
+    a stage goes on with the encoder it starts from (a different one is refused when the model is built)."""
+    missing = [name for name in ("support_encoder", "support_size") if name not in values]
+    if values.get("weights") is None or not missing:
+        return values
+    from refdet_edge.models.checkpoint import read_checkpoint
+
+    stored = read_checkpoint(values["weights"]).get("config", {})
+    return {**{name: stored[name] for name in missing if name in stored}, **values}
 
 
 def given_options(path: str | Path | None = None, **overrides: Any) -> dict[str, Any]:

@@ -46,6 +46,8 @@ from refdet_edge.models import (
 from refdet_edge.models.checkpoint import read_checkpoint
 from refdet_edge.training.batchnorm import calibrate_from_loader
 from refdet_edge.training.config import (
+    FRESH_VERIFY_SCALE,
+    FRESH_VERIFY_TOPK,
     ConfigError,
     TrainConfig,
     read_resumable,
@@ -288,15 +290,19 @@ class Trainer:
             raise ConfigError(f"{self.cfg.resume}: {', '.join(conflicts)} would change the run being resumed")
         return ckpt
 
-    def _verify_settings(self) -> dict[str, Any]:
-        """The verification fields of ModelConfig this run sets (the others come from --weights or the
-        defaults)."""
+    def _verify_settings(self, fresh: bool = False) -> dict[str, Any]:
+        """The verification fields of ModelConfig this run sets (the others come from --weights or
+        ModelConfig's defaults). A ``fresh`` model (no --weights) verifies FRESH_VERIFY_TOPK candidates at
+        FRESH_VERIFY_SCALE unless told otherwise, except with the siamese encoder, whose view of a crop is
+        the backbone's that the head already scores."""
         cfg = self.cfg
-        values = {
-            "verify_topk": cfg.verify_topk,
-            "verify_alpha": cfg.verify_alpha,
-            "verify_scale": cfg.verify_scale,
-        }
+        topk = cfg.verify_topk
+        if fresh and topk is None:
+            topk = 0 if cfg.support_encoder == "siamese" else FRESH_VERIFY_TOPK
+        scale = cfg.verify_scale
+        if scale is None and (fresh or topk == 0):
+            scale = FRESH_VERIFY_SCALE if topk else 1  # no verification: no larger input to crop from
+        values = {"verify_topk": topk, "verify_alpha": cfg.verify_alpha, "verify_scale": scale}
         return {key: value for key, value in values.items() if value is not None}
 
     def _build_model(self, resume_ckpt: dict | None) -> RefDetModel:
@@ -331,7 +337,7 @@ class Trainer:
                 support_size=cfg.support_size,
                 support_encoder=cfg.support_encoder,
                 support_kwargs=cfg.support_kwargs,
-                **self._verify_settings(),
+                **self._verify_settings(fresh=True),
             )
             model = create_model(arch, cfg.yolo_weights, cfg.support_weights, report=self.loaded)
         except WeightsError:
@@ -340,7 +346,7 @@ class Trainer:
             raise ConfigError(f"support_encoder {cfg.support_encoder!r}: {err}") from None
         siamese = cfg.support_encoder == "siamese"
         if (cfg.yolo_weights if siamese else cfg.support_weights) is None:
-            flag = "--yolo-weights" if siamese else "--support-weights"
+            flag = "--yolo-weights" if siamese else "--support-weights FILE (or hub, a download through timm)"
             warnings.warn(
                 f"RANDOM SUPPORT ENCODER: {cfg.support_encoder} starts from random weights (no {flag}); "
                 "a random encoder cannot describe objects it never saw, so the detector will not find unseen "
