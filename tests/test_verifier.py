@@ -85,6 +85,51 @@ def test_alpha_one_keeps_the_heads_ranking():
     np.testing.assert_allclose(verified[0, [t, o], 0].numpy(), [1.0, 3.0], atol=1e-4)
 
 
+@pytest.mark.parametrize("iou", [1.0, 0.5])
+def test_verify_iou_gives_an_objects_second_peak_slot_to_another_object(iou):
+    model = verifying_model(topk=2, verify_iou=iou)
+    frame, reference, target_box, other_box = _scene()
+    images, _ = preprocess_images([frame], IMGSZ)
+    refs, _ = preprocess_images([reference], SUPPORT)
+    appearance = model.encode_references(refs[None]).appearance
+    anchors = 8 * 8 + 4 * 4 + 2 * 2
+    boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+    o, o2, t = 6 * 8 + 6, 64 + 3 * 4 + 3, 2 * 8 + 2  # the look-alike peaks on levels 0 and 1; the target
+    boxes[0, o], boxes[0, o2], boxes[0, t] = (torch.tensor(b) for b in (other_box, other_box, target_box))
+    boxes[0, o2] += 1.0  # the same object, one pixel apart
+    logits[0, o, 0], logits[0, o2, 0], logits[0, t, 0] = 3.0, 2.5, 1.0
+    with torch.no_grad():
+        verified = model.verifier(images, boxes, logits, appearance, [(8, 8), (4, 4), (2, 2)])[0, :, 0]
+    kept = {int(i) for i in torch.nonzero(verified > SUPPRESSED_LOGIT)}
+    assert kept == ({o, o2} if iou == 1.0 else {o, t})  # off: the target is never looked at
+
+
+def test_a_letterbox_crop_shows_a_tall_target_as_its_reference_shows_it():
+    rng = np.random.default_rng(1)
+    frame = np.full((IMGSZ, IMGSZ, 3), 114, np.uint8)
+    frame[16:48, 24:40] = rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)  # the target, 16 x 32
+    frame[12:52, 8:20] = frame[12:52, 44:56] = (20, 200, 20)  # clutter beside it, inside its square crop
+    box = [24.0, 16.0, 40.0, 48.0]
+    reference = frame[8:56, 20:44].copy()  # the box grown by a quarter of its width and height
+    images, _ = preprocess_images([frame], IMGSZ)
+    refs, _ = preprocess_images([reference], SUPPORT)
+    anchors = 8 * 8 + 4 * 4 + 2 * 2
+    boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+    boxes[0, 27], logits[0, 27, 0] = torch.tensor(box), 1.0
+    scores = {}
+    for crop in ("square", "letterbox"):
+        model = verifying_model(topk=1, verify_crop=crop)
+        appearance = model.encode_references(refs[None]).appearance
+        with torch.no_grad():
+            scores[crop] = float(
+                model.verifier(images, boxes, logits, appearance, [(8, 8), (4, 4), (2, 2)])[0, 27, 0]
+            )
+    assert torch.sigmoid(torch.tensor(scores["letterbox"])) > 0.95  # the reference's own pixels
+    assert scores["letterbox"] > scores["square"] + 1.0  # the square also shows the clutter
+    with pytest.raises(ValueError, match="verify_crop"):
+        verifying_model(verify_crop="circle")
+
+
 def test_only_inference_verifies_and_the_detector_takes_the_appearance():
     model = verifying_model(topk=3)
     refs, query = torch.rand(2, 2, 3, SUPPORT, SUPPORT), torch.rand(2, 3, IMGSZ, IMGSZ)
@@ -110,6 +155,7 @@ def test_a_verifying_mobilenet_model_exports_with_parity(tmp_path):
             imgsz=IMGSZ,
             support_size=96,
             verify_topk=4,
+            verify_iou=0.6,
             support_encoder="timm:mobilenetv2_100",
             support_kwargs={"pad_type": "same"},
         )

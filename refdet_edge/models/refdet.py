@@ -26,9 +26,10 @@ class ModelConfig:
     ``support_encoder``: ``siamese`` | ``dinov2`` | ``timm:NAME`` (see :mod:`refdet_edge.models.support`);
     ``support_kwargs``: keyword arguments of ``timm.create_model`` that change the graph (such as
     ``pad_type="same"``), kept so that a checkpoint rebuilds the same graph. ``verify_topk`` > 0 adds the
-    :class:`AppearanceVerifier` (``verify_context``, ``verify_alpha``) to the per-frame path. With
-    ``verify_scale`` s > 1 it crops from frames at s times the backbone's resolution: the per-frame input
-    is then ``imgsz * s`` pixels square and the backbone sees it reduced to ``imgsz`` (:attr:`input_size`).
+    :class:`AppearanceVerifier` (``verify_context``, ``verify_alpha``, ``verify_iou``, ``verify_crop``) to
+    the per-frame path. With ``verify_scale`` s > 1 it crops from frames at s times the backbone's
+    resolution: the per-frame input is then ``imgsz * s`` pixels square and the backbone sees it reduced to
+    ``imgsz`` (:attr:`input_size`).
     """
 
     imgsz: int = 640
@@ -44,6 +45,8 @@ class ModelConfig:
     verify_context: float = 0.25
     verify_alpha: float = 0.0
     verify_scale: int = 1
+    verify_iou: float = 0.75  # and the crop: chosen on the validation objects (README)
+    verify_crop: str = "letterbox"
 
     def __post_init__(self) -> None:
         if self.imgsz % 32:
@@ -111,7 +114,13 @@ class RefDetModel(nn.Module):
             raise ValueError(f"reg_max {cfg.reg_max} does not match {cfg.yolo_cfg}'s {self.head.reg_max}")
         self.verifier = (
             AppearanceVerifier(
-                self.support, cfg.support_size, cfg.verify_topk, cfg.verify_context, cfg.verify_alpha
+                self.support,
+                cfg.support_size,
+                cfg.verify_topk,
+                cfg.verify_context,
+                cfg.verify_alpha,
+                cfg.verify_iou,
+                cfg.verify_crop,
             )
             if cfg.verify_topk
             else None
