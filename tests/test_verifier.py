@@ -49,34 +49,37 @@ def _scene() -> tuple[np.ndarray, np.ndarray, list[float], list[float]]:
     return frame, reference, [8.0, 8.0, 24.0, 24.0], [40.0, 40.0, 56.0, 56.0]
 
 
-def test_verification_ranks_the_target_over_a_stronger_look_alike_and_suppresses_the_rest():
-    model = verifying_model(topk=2)
+ANCHORS = 8 * 8 + 4 * 4 + 2 * 2  # of a 64 px frame
+
+
+def _scene_inputs(model: RefDetModel):
+    """The verifier's inputs for :func:`_scene`: frame, the target's appearance, empty boxes and low logits
+    for every anchor (a test places its candidates), and the two objects' boxes."""
     frame, reference, target_box, other_box = _scene()
     images, _ = preprocess_images([frame], IMGSZ)
     refs, _ = preprocess_images([reference], SUPPORT)
     appearance = model.encode_references(refs[None]).appearance
-    anchors = 8 * 8 + 4 * 4 + 2 * 2
-    boxes = torch.zeros(1, anchors, 4)
-    logits = torch.full((1, anchors, 1), -5.0)
+    boxes, logits = torch.zeros(1, ANCHORS, 4), torch.full((1, ANCHORS, 1), -5.0)
+    return images, appearance, boxes, logits, target_box, other_box
+
+
+def test_verification_ranks_the_target_over_a_stronger_look_alike_and_suppresses_the_rest():
+    model = verifying_model(topk=2)
+    images, appearance, boxes, logits, target_box, other_box = _scene_inputs(model)
     t, o = 2 * 8 + 2, 6 * 8 + 6  # level-0 anchors at the two objects, apart: both are peaks
     boxes[0, t], boxes[0, o] = torch.tensor(target_box), torch.tensor(other_box)
     logits[0, t, 0], logits[0, o, 0] = 1.0, 3.0  # the head prefers the look-alike
     with torch.no_grad():
         verified = model.verifier(images, boxes, logits, appearance, [(8, 8), (4, 4), (2, 2)])
     assert verified[0, t, 0] > verified[0, o, 0] > SUPPRESSED_LOGIT
-    others = torch.ones(anchors, dtype=torch.bool)
+    others = torch.ones(ANCHORS, dtype=torch.bool)
     others[[t, o]] = False
     assert (verified[0, others, 0] == SUPPRESSED_LOGIT).all()
 
 
 def test_alpha_one_keeps_the_heads_ranking():
     model = verifying_model(topk=2, verify_alpha=1.0)
-    frame, reference, target_box, other_box = _scene()
-    images, _ = preprocess_images([frame], IMGSZ)
-    refs, _ = preprocess_images([reference], SUPPORT)
-    appearance = model.encode_references(refs[None]).appearance
-    anchors = 8 * 8 + 4 * 4 + 2 * 2
-    boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+    images, appearance, boxes, logits, target_box, other_box = _scene_inputs(model)
     t, o = 2 * 8 + 2, 6 * 8 + 6
     boxes[0, t], boxes[0, o] = torch.tensor(target_box), torch.tensor(other_box)
     logits[0, t, 0], logits[0, o, 0] = 1.0, 3.0
@@ -88,12 +91,7 @@ def test_alpha_one_keeps_the_heads_ranking():
 @pytest.mark.parametrize("iou", [1.0, 0.5])
 def test_verify_iou_gives_an_objects_second_peak_slot_to_another_object(iou):
     model = verifying_model(topk=2, verify_iou=iou)
-    frame, reference, target_box, other_box = _scene()
-    images, _ = preprocess_images([frame], IMGSZ)
-    refs, _ = preprocess_images([reference], SUPPORT)
-    appearance = model.encode_references(refs[None]).appearance
-    anchors = 8 * 8 + 4 * 4 + 2 * 2
-    boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+    images, appearance, boxes, logits, target_box, other_box = _scene_inputs(model)
     o, o2, t = 6 * 8 + 6, 64 + 3 * 4 + 3, 2 * 8 + 2  # the look-alike peaks on levels 0 and 1; the target
     boxes[0, o], boxes[0, o2], boxes[0, t] = (torch.tensor(b) for b in (other_box, other_box, target_box))
     boxes[0, o2] += 1.0  # the same object, one pixel apart
@@ -113,8 +111,7 @@ def test_a_letterbox_crop_shows_a_tall_target_as_its_reference_shows_it():
     reference = frame[8:56, 20:44].copy()  # the box grown by a quarter of its width and height
     images, _ = preprocess_images([frame], IMGSZ)
     refs, _ = preprocess_images([reference], SUPPORT)
-    anchors = 8 * 8 + 4 * 4 + 2 * 2
-    boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+    boxes, logits = torch.zeros(1, ANCHORS, 4), torch.full((1, ANCHORS, 1), -5.0)
     boxes[0, 27], logits[0, 27, 0] = torch.tensor(box), 1.0
     scores = {}
     for crop in ("square", "letterbox"):
@@ -204,13 +201,12 @@ def test_verify_scale_tells_apart_a_look_alike_that_differs_only_in_fine_detail(
     reference = frame[8:56, 8:56].copy()
     refs, _ = preprocess_images([reference], SUPPORT)
     appearance = model.encode_references(refs[None]).appearance
-    anchors = 8 * 8 + 4 * 4 + 2 * 2
     t, o = 2 * 8 + 2, 6 * 8 + 6
     scores = {}
     for scale in (1, 2):
         images = preprocess_images([frame], 2 * IMGSZ)[0]
         images = images if scale == 2 else torch.nn.functional.avg_pool2d(images, 2)
-        boxes, logits = torch.zeros(1, anchors, 4), torch.full((1, anchors, 1), -5.0)
+        boxes, logits = torch.zeros(1, ANCHORS, 4), torch.full((1, ANCHORS, 1), -5.0)
         boxes[0, t] = torch.tensor([16.0, 16.0, 48.0, 48.0]) * scale / 2
         boxes[0, o] = torch.tensor([80.0, 80.0, 112.0, 112.0]) * scale / 2
         logits[0, t, 0], logits[0, o, 0] = 1.0, 3.0
