@@ -134,18 +134,26 @@ def test_gaps_up_to_max_gap_are_bridged_by_interpolation(mode):
 
 
 @pytest.mark.parametrize("mode", TRACKING)
-def test_weak_detections_continue_a_track_but_never_start_one(mode):
+def test_weak_detections_carry_a_track_between_strong_ones_but_never_start_or_extend_it(mode):
     """0.22 is under the 0.25 threshold, by less than what continuing the target earns (a logit deficit of
-    0.17 against continuity 0.25)."""
-    strong_then_weak = {f: [detection(f, 0.9 if f < 5 else 0.22)] for f in range(20)}
-    out = apply_temporal(strong_then_weak, mode)
+    0.17 against continuity 0.25). Before a run's first strong detection and after its last, weak boxes that
+    continue it (the target leaving, a look-alike where it was) are left out."""
+    bridged = {f: [detection(f, 0.22 if 5 <= f < 10 else 0.9)] for f in range(20)}
+    out = apply_temporal(bridged, mode)
     assert sorted(out) == list(range(20))
     assert all(box[4] == pytest.approx(0.9) for box in out.values())  # the segment's score
     assert apply_temporal({f: [detection(f, 0.22)] for f in range(20)}, mode) == {}
-    weak_track = apply_temporal(strong_then_weak, mode, TemporalConfig(keep_fraction=0.9))
-    assert sorted(weak_track) == list(range(5))
-    no_reward = apply_temporal(strong_then_weak, mode, TemporalConfig(continuity=0.0))
-    assert sorted(no_reward) == list(range(5))
+    strong_then_weak = {f: [detection(f, 0.9 if f < 5 else 0.22)] for f in range(20)}
+    assert sorted(apply_temporal(strong_then_weak, mode)) == list(range(5))
+    weak_then_strong = {f: [detection(f, 0.22 if f < 10 else 0.9)] for f in range(20)}
+    assert sorted(apply_temporal(weak_then_strong, mode)) == list(range(10, 20))
+    long_bridge = {f: [detection(f, 0.22 if 5 <= f < 15 else 0.9)] for f in range(20)}
+    both_ends = [*range(5), *range(15, 20)]
+    assert sorted(apply_temporal(long_bridge, mode, TemporalConfig(keep_fraction=0.9))) == both_ends
+    assert sorted(apply_temporal(long_bridge, mode, TemporalConfig(continuity=0.0))) == both_ends
+    # online, a weak box is final `delay` frames later: kept if a strong detection has come by then
+    expected = range(20) if mode == "offline" else [*range(5), *range(15 - TemporalConfig().delay, 20)]
+    assert sorted(apply_temporal(long_bridge, mode)) == list(expected)
 
 
 def test_online_output_is_final_after_the_stated_delay_and_matches_the_batch_form():
@@ -239,6 +247,8 @@ def test_bad_input_is_refused():
         TemporalConfig(confirm_frames=0)
     with pytest.raises(ValueError, match="keep_fraction"):
         TemporalConfig(keep_fraction=1.5)
+    with pytest.raises(ValueError, match="weak_ends"):
+        TemporalConfig(weak_ends="no")
     assert MODES == ("online", "offline", "off")
 
 

@@ -24,10 +24,11 @@ class TemporalConfig:
     keep_fraction: float = 0.6  # detections down to keep_fraction * score_threshold can continue a path
     continuity: float = 0.25  # reward per step of the path, times the IoU of its consecutive boxes
     switch_cost: float = 0.5  # cost of the target appearing or disappearing on the path
-    confirm_frames: int = 2  # frames of the video a segment's strong detections stand for to be reported
+    confirm_frames: int = 3  # frames of the video a segment's strong detections stand for to be reported
     max_gap: int = 5  # frames without the target that a segment bridges
     gate: float = 1.0  # max centre distance across a bridged gap, in box diagonals
     smooth_frames: int = 0  # half-width of the linear fit that gives the reported box (0: the detection)
+    weak_ends: bool = False  # whether weak detections may lead or trail a reported run (else only bridge)
 
     def __post_init__(self) -> None:
         for name in ("confirm_frames", "max_gap", "smooth_frames"):
@@ -38,6 +39,8 @@ class TemporalConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"TemporalConfig.{name}: expected a number >= 0, got {value!r}")
+        if not isinstance(self.weak_ends, bool):
+            raise ValueError(f"TemporalConfig.weak_ends: expected true or false, got {self.weak_ends!r}")
         if not (math.isfinite(self.gate) and self.gate > 0):
             raise ValueError(f"TemporalConfig.gate: expected a positive number, got {self.gate!r}")
         if not math.isfinite(self.score_threshold):

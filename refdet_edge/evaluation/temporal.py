@@ -23,8 +23,10 @@ video's own frame indices, so frames left out (every k-th frame scored) change n
    does not persist is never reported. Presence is confirmed per run, not per segment: while the target is
    in view, a frame whose best box jumps elsewhere (to the target found again, or to a look-alike) holds the
    target either way, so its box costs nothing if wrong; a one-frame false positive among background frames
-   is a run of its own and is dropped. A reported segment covers every frame from its first detection to
-   its last: its tentative frames and its bridged gaps.
+   is a run of its own and is dropped. A confirmed run starts at its first strong detection and ends at its
+   last: weak ones carry the target on between them, never into the frames before or after, where they are
+   the target leaving or a look-alike where it was (``weak_ends=True`` keeps them). A reported segment
+   covers every frame from its first detection to its last: its tentative frames and its bridged gaps.
 3. **The reported box** follows the detector: a weighted (by score) linear fit, in time, of the segment's
    own detections within ``smooth_frames`` frames either side, centred on the frame, so motion and changes
    of size or aspect are followed without lag and a perfect detector is reproduced exactly. A frame inside a
@@ -41,10 +43,10 @@ Modes (:data:`MODES`):
 - ``off``: each frame's highest-scoring detection with ``score >= score_threshold``, unchanged (the figure
   that ``raw`` ST-IoU scores).
 
-``continuity`` and ``switch_cost`` were chosen on the validation split of the object split
-(``real_data/unseen``, 4 objects: the raw detections of the two-stage baseline and of the verifying
-mobilenetv2 model at ``verify_scale`` 2, ``benchmarks/temporal_sweep.py``), never on a test split; the
-others on synthetic streams (``tests/test_temporal.py``).
+``continuity``, ``switch_cost``, ``confirm_frames`` and ``weak_ends`` were chosen on the validation split of
+the object split (``real_data/unseen``, 4 objects: the raw detections of the two-stage baseline and of the
+verifying mobilenetv2 model at ``verify_scale`` 2, ``benchmarks/temporal_sweep.py``), never on a test split;
+the others on synthetic streams (``tests/test_temporal.py``).
 """
 
 from __future__ import annotations
@@ -182,6 +184,10 @@ class _Segment:
             self.strong_hits += 1
             self.coverage += 1 if previous is None else frame - previous
 
+    def keep(self, lo: int, hi: int) -> None:
+        """Keep only the detections ``lo:hi``."""
+        self.frames, self.boxes, self.scores = self.frames[lo:hi], self.boxes[lo:hi], self.scores[lo:hi]
+
     def continues(self, det: np.ndarray, missed: int, config: TemporalConfig) -> bool:
         """Whether ``det`` carries on this segment: after a gap whose observed frames without the target
         span ``missed`` frames of the video (frames not observed never end it), within the gate."""
@@ -242,7 +248,24 @@ def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig)
             runs[-1][-1].add(frame, det, previous, config)
             first_miss = None
         previous = frame
-    return [segment for run in runs if _confirmed(run, config) for segment in run]
+    confirmed = [run for run in runs if _confirmed(run, config)]
+    return [segment for run in confirmed for segment in (run if config.weak_ends else _trimmed(run, config))]
+
+
+def _trimmed(run: list[_Segment], config: TemporalConfig) -> list[_Segment]:
+    """A confirmed presence run from its first detection with ``score >= score_threshold`` to its last (step
+    2): weak detections carry the target on between strong ones, never before the first or after the last."""
+    strong = [
+        (i, j)
+        for i, segment in enumerate(run)
+        for j, score in enumerate(segment.scores)
+        if score >= config.score_threshold
+    ]
+    (first_segment, first), (last_segment, last) = strong[0], strong[-1]
+    kept = run[first_segment : last_segment + 1]
+    kept[-1].keep(0, last + 1)  # first the end: ``first`` counts from the same start either way
+    kept[0].keep(first, len(kept[0].frames))
+    return kept
 
 
 def _report(
