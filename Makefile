@@ -47,8 +47,9 @@ demo: $(STAMP)
 # Real footage from ../shared/data (UAV123, DTB70, UAVDT, LaSOT and OTB sequences, never in this repository).
 # `make unseen`: the object split behind the README's figures (7 test objects never trained on, 4 validation
 # objects that choose best.pt and the operating point), stages 1-3 of configs/unseen.yaml for one encoder
-# (ENCODER=mobilenetv2, siamese or dinov2), then eval of stage 2 and stage 3 on the unseen test objects and of
-# stage 3 on the later frames of the training objects. `make baseline`: the two-stage baseline on the same
+# (ENCODER=mobilenetv2, siamese or dinov2), then eval of stage 2 and stage 3 on the unseen test objects, of
+# stage 2 on the validation objects (the raw detections benchmarks/temporal_sweep.py reads) and of stage 3 on
+# the later frames of the training objects. `make baseline`: the two-stage baseline on the same
 # split. `make real`: the model to try on new footage, the same schedule on every object (none held out).
 SHARED_DATA ?= ../shared/data
 SHARED_WEIGHTS ?= ../shared/weights
@@ -87,6 +88,8 @@ unseen: DATA = real_data/unseen
 unseen: $(STAMP) real_data/unseen/splits.json $(UNSEEN_RUNS)/stage3/best.pt
 	for stage in 2 3; do $(REFDET) eval --weights $(UNSEEN_RUNS)/stage$$stage/best.pt --data real_data/unseen \
 		--split test --out $(UNSEEN_RUNS)/eval_stage$${stage}_test || exit 1; done
+	$(REFDET) eval --weights $(UNSEEN_RUNS)/stage2/best.pt --data real_data/unseen --split val \
+		--out $(UNSEEN_RUNS)/eval_stage2_val
 	$(REFDET) eval --weights $(UNSEEN_RUNS)/stage3/best.pt --data real_data/unseen --split seen \
 		--out $(UNSEEN_RUNS)/eval_stage3_seen
 

@@ -5,12 +5,10 @@ For each combination of ``confirm_frames``, ``smooth_frames``, ``continuity``, `
 largest drop of one video below raw: the figures behind the defaults of
 :class:`refdet_edge.evaluation.settings.TemporalConfig`, which take, among the combinations where no video
 of either detector drops more than 0.02, the best smaller gain of online and offline over raw, averaged over
-the two detectors (the two-stage baseline, and the verifying mobilenetv2 model's validation detections):
+the two detectors (``make baseline`` and ``make unseen`` write their validation detections):
 
     python benchmarks/temporal_sweep.py runs/unseen/baseline/raw_val.json --data real_data/unseen --conf 0.76
-    refdet eval --weights runs/unseen/mobilenetv2/stage2/best.pt --data real_data/unseen --split val \
-        --out runs/unseen/mobilenetv2/eval_stage2_val
-    python benchmarks/temporal_sweep.py runs/unseen/mobilenetv2/eval_stage2_val/raw_predictions.json \
+    python benchmarks/temporal_sweep.py runs/unseen/mobilenetv2/eval_stage2_val/raw_predictions.json \\
         --data real_data/unseen --conf 0.7
 """
 
