@@ -145,6 +145,7 @@ def test_weak_detections_carry_a_track_between_strong_ones_but_never_start_or_ex
     assert apply_temporal({f: [detection(f, 0.22)] for f in range(20)}, mode) == {}
     strong_then_weak = {f: [detection(f, 0.9 if f < 5 else 0.22)] for f in range(20)}
     assert sorted(apply_temporal(strong_then_weak, mode)) == list(range(5))
+    assert sorted(apply_temporal(strong_then_weak, mode, TemporalConfig(weak_ends=True))) == list(range(20))
     weak_then_strong = {f: [detection(f, 0.22 if f < 10 else 0.9)] for f in range(20)}
     assert sorted(apply_temporal(weak_then_strong, mode)) == list(range(10, 20))
     long_bridge = {f: [detection(f, 0.22 if 5 <= f < 15 else 0.9)] for f in range(20)}
