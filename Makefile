@@ -48,9 +48,10 @@ demo: $(STAMP)
 # `make unseen`: the object split behind the README's figures (7 test objects never trained on, 4 validation
 # objects that choose best.pt and the operating point), stages 1-3 of configs/unseen.yaml for one encoder
 # (ENCODER=mobilenetv2, siamese or dinov2), then eval of stage 2 and stage 3 on the unseen test objects, of
-# stage 2 on the validation objects (the raw detections benchmarks/temporal_sweep.py reads) and of stage 3 on
-# the later frames of the training objects. `make baseline`: the two-stage baseline on the same
-# split. `make real`: the model to try on new footage, the same schedule on every object (none held out).
+# stage 2 on the validation objects and on the training part of the training objects (the raw detections
+# benchmarks/temporal_sweep.py reads) and of stage 3 on the later frames of the training objects.
+# `make baseline`: the two-stage baseline on the same split. `make real`: the model to try on new footage, the
+# same schedule on every object (none held out).
 SHARED_DATA ?= ../shared/data
 SHARED_WEIGHTS ?= ../shared/weights
 SOT_SEQUENCES = $(wildcard $(SHARED_DATA)/sot/*/) $(wildcard $(SHARED_DATA)/sot_more/*/)
@@ -90,6 +91,8 @@ unseen: $(STAMP) real_data/unseen/splits.json $(UNSEEN_RUNS)/stage3/best.pt
 		--split test --out $(UNSEEN_RUNS)/eval_stage$${stage}_test || exit 1; done
 	$(REFDET) eval --weights $(UNSEEN_RUNS)/stage2/best.pt --data real_data/unseen --split val \
 		--out $(UNSEEN_RUNS)/eval_stage2_val
+	$(REFDET) eval --weights $(UNSEEN_RUNS)/stage2/best.pt --data real_data/unseen --split train \
+		--out $(UNSEEN_RUNS)/eval_stage2_train
 	$(REFDET) eval --weights $(UNSEEN_RUNS)/stage3/best.pt --data real_data/unseen --split seen \
 		--out $(UNSEEN_RUNS)/eval_stage3_seen
 
