@@ -3,6 +3,8 @@ dropped starts, lagging box, stride), perfect detectors, flicker removal, gaps, 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -135,26 +137,48 @@ def test_gaps_up_to_max_gap_are_bridged_by_interpolation(mode):
 
 @pytest.mark.parametrize("mode", TRACKING)
 def test_weak_detections_carry_a_track_between_strong_ones_but_never_start_or_extend_it(mode):
-    """0.22 is under the 0.25 threshold, by less than what continuing the target earns (a logit deficit of
-    0.17 against continuity 0.25). Before a run's first strong detection and after its last, weak boxes that
-    continue it (the target leaving, a look-alike where it was) are left out."""
+    """0.22 is under the 0.25 threshold, by less than what continuing the target earns at continuity 0.25 (a
+    logit deficit of 0.17). Before a run's first strong detection and after its last, weak boxes that
+    continue it (the target leaving, a look-alike where it was) are left out unless ``weak_ends``."""
+    carry = TemporalConfig(continuity=0.25, weak_ends=False)
     bridged = {f: [detection(f, 0.22 if 5 <= f < 10 else 0.9)] for f in range(20)}
-    out = apply_temporal(bridged, mode)
+    out = apply_temporal(bridged, mode, carry)
     assert sorted(out) == list(range(20))
     assert all(box[4] == pytest.approx(0.9) for box in out.values())  # the segment's score
-    assert apply_temporal({f: [detection(f, 0.22)] for f in range(20)}, mode) == {}
+    assert apply_temporal({f: [detection(f, 0.22)] for f in range(20)}, mode, carry) == {}
     strong_then_weak = {f: [detection(f, 0.9 if f < 5 else 0.22)] for f in range(20)}
-    assert sorted(apply_temporal(strong_then_weak, mode)) == list(range(5))
-    assert sorted(apply_temporal(strong_then_weak, mode, TemporalConfig(weak_ends=True))) == list(range(20))
+    assert sorted(apply_temporal(strong_then_weak, mode, carry)) == list(range(5))
+    ends = replace(carry, weak_ends=True)
+    assert sorted(apply_temporal(strong_then_weak, mode, ends)) == list(range(20))
     weak_then_strong = {f: [detection(f, 0.22 if f < 10 else 0.9)] for f in range(20)}
-    assert sorted(apply_temporal(weak_then_strong, mode)) == list(range(10, 20))
+    assert sorted(apply_temporal(weak_then_strong, mode, carry)) == list(range(10, 20))
     long_bridge = {f: [detection(f, 0.22 if 5 <= f < 15 else 0.9)] for f in range(20)}
     both_ends = [*range(5), *range(15, 20)]
-    assert sorted(apply_temporal(long_bridge, mode, TemporalConfig(keep_fraction=0.9))) == both_ends
-    assert sorted(apply_temporal(long_bridge, mode, TemporalConfig(continuity=0.0))) == both_ends
+    assert sorted(apply_temporal(long_bridge, mode, replace(carry, keep_fraction=0.9))) == both_ends
+    assert sorted(apply_temporal(long_bridge, mode, replace(carry, continuity=0.0))) == both_ends
     # online, a weak box is final `delay` frames later: kept if a strong detection has come by then
-    expected = range(20) if mode == "offline" else [*range(5), *range(15 - TemporalConfig().delay, 20)]
-    assert sorted(apply_temporal(long_bridge, mode)) == list(expected)
+    expected = range(20) if mode == "offline" else [*range(5), *range(15 - carry.delay, 20)]
+    assert sorted(apply_temporal(long_bridge, mode, carry)) == list(expected)
+
+
+@pytest.mark.parametrize("mode", TRACKING)
+def test_without_continuity_a_weak_box_is_kept_only_where_it_saves_switches(mode):
+    """The defaults (continuity 0, switch cost 0.25): a weak box earns nothing for continuing the target, so
+    the path takes it only where leaving and coming back would cost more (two switches, 0.5 logits) than its
+    deficit under the threshold; otherwise the frame is bridged by interpolation."""
+    x1, y1, x2, y2 = target_box(10)
+    off_track = (x1 + 4, y1, x2 + 4, y2)  # the detector's box, 4 px off the linear motion
+
+    def stream(score):
+        return {f: [(*off_track, score)] if f == 10 else [detection(f)] for f in range(20)}
+
+    kept = apply_temporal(stream(0.22), mode)  # a deficit of 0.17 logits: cheaper than two switches
+    assert kept[10][:4] == pytest.approx(off_track)
+    bridged = apply_temporal(stream(0.15), mode)  # 0.64 logits
+    assert sorted(bridged) == list(range(20))
+    assert bridged[10][:4] == pytest.approx(target_box(10))
+    rewarded = apply_temporal(stream(0.15), mode, TemporalConfig(continuity=0.5))  # 2 x 0.5 x IoU 0.76
+    assert rewarded[10][:4] == pytest.approx(off_track)
 
 
 def test_online_output_is_final_after_the_stated_delay_and_matches_the_batch_form():
@@ -262,9 +286,10 @@ def test_without_path_weights_segments_or_gaps_the_output_is_the_raw_one():
 
 
 @pytest.mark.parametrize("mode", TRACKING)
-def test_the_path_stays_on_the_target_when_a_look_alike_outscores_it_for_a_frame(mode):
+def test_with_continuity_the_path_stays_on_the_target_when_a_look_alike_outscores_it_for_a_frame(mode):
     dets = {f: [detection(f, 0.6)] for f in range(30)}
     look_alike = (700.0, 400.0, 730.0, 420.0, 0.62)
     dets[15] = [look_alike, detection(15, 0.55)]
     assert apply_temporal(dets, "off")[15] == look_alike
-    assert iou(apply_temporal(dets, mode)[15], 15) > 0.999
+    assert iou(apply_temporal(dets, mode, TemporalConfig(continuity=0.25))[15], 15) > 0.999
+    assert apply_temporal(dets, mode)[15][:4] == look_alike[:4]  # continuity 0 (the default): as raw

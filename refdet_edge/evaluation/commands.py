@@ -219,7 +219,7 @@ def _reference_files(refs: Iterable[Path]) -> list[Path]:
     default=None,
     type=click.FloatRange(0, 1),
     help="Operating point: the score a detection needs to start a track (or, with --temporal off, to be "
-    "reported); weaker ones down to a fraction of it only carry a track between such.  [default: the one "
+    "reported); weaker ones, down to a fraction of it, can only continue a track.  [default: the one "
     f"training chose on its validation split (val/conf in --weights), else {DEFAULT_SCORE_THRESHOLD}]",
 )
 @click.option(

@@ -22,13 +22,13 @@ class TemporalConfig:
 
     score_threshold: float = DEFAULT_SCORE_THRESHOLD  # the operating point: a path's boxes must reach it
     keep_fraction: float = 0.6  # detections down to keep_fraction * score_threshold can continue a path
-    continuity: float = 0.25  # reward per step of the path, times the IoU of its consecutive boxes
-    switch_cost: float = 0.5  # cost of the target appearing or disappearing on the path
+    continuity: float = 0.0  # reward per step of the path, times the IoU of its consecutive boxes
+    switch_cost: float = 0.25  # cost of the target appearing or disappearing on the path
     confirm_frames: int = 3  # frames of the video a segment's strong detections stand for to be reported
     max_gap: int = 5  # frames without the target that a segment bridges
     gate: float = 1.0  # max centre distance across a bridged gap, in box diagonals
     smooth_frames: int = 0  # half-width of the linear fit that gives the reported box (0: the detection)
-    weak_ends: bool = False  # whether weak detections may lead or trail a reported run (else only bridge)
+    weak_ends: bool = True  # whether weak detections may lead or trail a reported run (else only bridge)
 
     def __post_init__(self) -> None:
         for name in ("confirm_frames", "max_gap", "smooth_frames"):
