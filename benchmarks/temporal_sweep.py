@@ -20,16 +20,15 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 
 from refdet_edge.data.dataset import DroneDataset
-from refdet_edge.evaluation.metrics import load_predictions, st_iou
+from refdet_edge.evaluation.metrics import load_predictions
 from refdet_edge.evaluation.settings import TemporalConfig
-from refdet_edge.evaluation.validator import Validator, ValidatorConfig, positions, scored_frames
+from refdet_edge.evaluation.validator import Validator, ValidatorConfig
 
 GRID = {
     "confirm_frames": [2, 3],
@@ -42,44 +41,26 @@ GRID = {
 MAX_DROP = 0.02
 
 
-@dataclass
-class SweepSet:
-    """One raw prediction file: its split's videos, their raw detections and the operating point."""
-
-    dataset: DroneDataset
-    raw: dict
-    conf: float
-
-    def per_video(self, mode: str, temporal: TemporalConfig) -> dict[str, float]:
-        """ST-IoU of each video: ``off`` is raw (each frame's best detection over the threshold)."""
-        validator = Validator(self.dataset, ValidatorConfig(score_threshold=self.conf, temporal=temporal))
-        out = {}
-        for video in self.dataset.videos:
-            final = validator.final_boxes(video, self.raw.get(video.video_id, {}), mode)
-            out[video.video_id] = st_iou(
-                positions(video, video.boxes),
-                positions(video, final),
-                len(scored_frames(video)),
-                self.conf,
-                video.video_id,
-            )
-        return out
-
-
-def _load(data: Path, spec: tuple[Path, str, float]) -> SweepSet:
+def _load(data: Path, spec: tuple[Path, str, float]) -> tuple[DroneDataset, dict, float]:
+    """One ``--set``: its split's videos, their raw detections and the operating point."""
     path, split, conf = spec
     dataset = DroneDataset(data, split=split)
-    raw = load_predictions(path, [v.video_id for v in dataset.videos]).boxes
-    return SweepSet(dataset, raw, conf)
+    return dataset, load_predictions(path, [v.video_id for v in dataset.videos]).boxes, conf
 
 
-_SETS: list[SweepSet] = []
+def _per_video(sweep_set: tuple[DroneDataset, dict, float], stage: str, temporal: TemporalConfig) -> dict:
+    dataset, raw, conf = sweep_set
+    validator = Validator(dataset, ValidatorConfig(score_threshold=conf, temporal=temporal))
+    return validator.st_iou_per_video(raw, stage)
+
+
+_SETS: list[tuple[DroneDataset, dict, float]] = []
 _RAWS: list[dict[str, float]] = []
 
 
 def _init(data: Path, sets: tuple[tuple[Path, str, float], ...]) -> None:
     _SETS[:] = [_load(data, spec) for spec in sets]
-    _RAWS[:] = [s.per_video("off", TemporalConfig()) for s in _SETS]
+    _RAWS[:] = [_per_video(s, "raw", TemporalConfig()) for s in _SETS]
 
 
 def _score(combo: dict) -> tuple[dict, list[float], int, str]:
@@ -88,7 +69,7 @@ def _score(combo: dict) -> tuple[dict, list[float], int, str]:
     temporal = TemporalConfig(**combo)
     gains, below, parts = [], 0, []
     for sweep_set, raw in zip(_SETS, _RAWS, strict=True):
-        modes = {m: sweep_set.per_video(m, temporal) for m in ("online", "offline")}
+        modes = {m: _per_video(sweep_set, m, temporal) for m in ("online", "offline")}
         overall = {m: float(np.mean(list(v.values()))) for m, v in modes.items()}
         base = float(np.mean(list(raw.values())))
         drop = min(v[vid] - raw[vid] for v in modes.values() for vid in raw)

@@ -193,6 +193,24 @@ def test_validator_scores_a_perfect_detector_one_in_every_stage_at_any_stride(tm
         assert metrics[stage]["overall"]["st_iou"] == pytest.approx(1.0, abs=1e-9), stage
 
 
+@pytest.mark.parametrize("stride", [1, 5])
+def test_st_iou_per_video_is_what_score_gives_each_stage(tmp_path, stride):
+    """The sweep's shortcut (ST-IoU alone) against the full metrics, on a detector that post-processing
+    changes: it misses frames, jitters, and puts strong and weak boxes on background frames."""
+    from refdet_edge.data.dataset import DroneDataset
+    from refdet_edge.evaluation.validator import Validator, ValidatorConfig
+
+    boxes = perfect_dataset(tmp_path)
+    rng = np.random.default_rng(0)
+    raw = {f: [(*(np.array(b) + rng.normal(0, 2, 4)), 0.8)] for f, b in boxes.items() if rng.random() > 0.2}
+    raw.update({f: [(200.0, 20.0, 220.0, 40.0, 0.9 if f % 7 else 0.3)] for f in range(50, 70)})
+    validator = Validator(DroneDataset(tmp_path, cache_size=64), ValidatorConfig(frame_stride=stride))
+    metrics = validator.score({"square_0": raw})
+    figures = {stage: validator.st_iou_per_video({"square_0": raw}, stage)["square_0"] for stage in STAGES}
+    assert figures == {stage: metrics[stage]["per_video"]["square_0"]["st_iou"] for stage in STAGES}
+    assert figures["raw"] < figures["online"] - 0.05  # post-processing changes what is scored here
+
+
 def test_a_box_in_the_letterbox_bars_is_dropped_in_validation(synth_root):
     """A 1280x720 frame letterboxed to 64 px has bars 14 px high; a confident box inside the top bar clips to
     zero height, which used to end validation (and training) with 'inverted or empty box'."""

@@ -14,7 +14,8 @@ video's own frame indices, so frames left out (every k-th frame scored) change n
    The best path is found exactly (Viterbi). With ``continuity = switch_cost = 0`` it is each frame's best
    detection over the threshold, the raw output: the weights only add what the neighbouring frames say. A
    strong detection anywhere takes over from a weak one at once (no gate locks it out), and a weak detection
-   is kept where it continues the target.
+   is kept where its deficit under the threshold costs less than leaving and coming back (two switches) plus
+   what ``continuity`` pays for continuing the target.
 2. **Presence runs and segments.** The path's boxes form presence runs: boxes anywhere in the frame, across
    gaps of at most ``max_gap`` frames of the video; within a run they form segments: boxes whose centres stay
    within ``gate`` box diagonals. A run is reported only if it holds at least two detections with

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from refdet_edge.data.dataset import DroneDataset, VideoRecord
-from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD, evaluate
+from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD, evaluate, st_iou
 from refdet_edge.evaluation.temporal import ScoredBox, TemporalConfig, apply_temporal
 from refdet_edge.models.refdet import RefDetModel
 from refdet_edge.postprocess import postprocess
@@ -132,6 +132,12 @@ class Validator:
         dets = {f: d for f, d in raw.items() if f in scored}
         return apply_temporal(dets, mode, cfg.tracking, video.cached.orig_size, frames=frames)
 
+    def _stage_boxes(self, video: VideoRecord, raw: dict[int, ScoredBoxes], stage: str) -> dict[int, object]:
+        """What a stage of :data:`STAGES` scores of one video, at the positions of its scored frames: every raw
+        detection (``raw``) or the :meth:`final_boxes` of that temporal mode."""
+        boxes = raw if stage == "raw" else self.final_boxes(video, raw, stage)
+        return positions(video, boxes, self.config.frame_stride)
+
     def score(self, raw: dict[str, dict[int, ScoredBoxes]]) -> dict:
         """Metrics of raw per-frame detections (original frame indices) of this split's videos, per stage:
         ``raw`` (every detection; ST-IoU from each frame's best), ``online`` and ``offline`` (the
@@ -141,13 +147,21 @@ class Validator:
         k = cfg.frame_stride
         gt = {vid: positions(v, v.boxes, k) for vid, v in videos.items()}
         frames = {vid: len(scored_frames(v, k)) for vid, v in videos.items()}
-        by_stage = {"raw": {vid: positions(videos[vid], dets, k) for vid, dets in raw.items()}}
-        for mode in STAGES[1:]:
-            by_stage[mode] = {
-                vid: positions(videos[vid], self.final_boxes(videos[vid], dets, mode), k)
-                for vid, dets in raw.items()
-            }
+        by_stage = {
+            stage: {vid: self._stage_boxes(videos[vid], dets, stage) for vid, dets in raw.items()}
+            for stage in STAGES
+        }
         return {
             stage: evaluate(gt, pred, frames, cfg.fps / k, cfg.score_threshold)
             for stage, pred in by_stage.items()
         }
+
+    def st_iou_per_video(self, raw: dict[str, dict[int, ScoredBoxes]], stage: str) -> dict[str, float]:
+        """The ``st_iou`` of each video that :meth:`score` gives for ``stage``, without the other metrics (what
+        a sweep over temporal settings compares)."""
+        k, out = self.config.frame_stride, {}
+        for video in self.dataset.videos:
+            pred = self._stage_boxes(video, raw.get(video.video_id, {}), stage)
+            gt, frames = positions(video, video.boxes, k), len(scored_frames(video, k))
+            out[video.video_id] = st_iou(gt, pred, frames, self.config.score_threshold, video.video_id)
+        return out
