@@ -144,7 +144,7 @@ def test_weak_detections_carry_a_track_between_strong_ones_but_never_start_or_ex
     bridged = {f: [detection(f, 0.22 if 5 <= f < 10 else 0.9)] for f in range(20)}
     out = apply_temporal(bridged, mode, carry)
     assert sorted(out) == list(range(20))
-    assert all(box[4] == pytest.approx(0.9) for box in out.values())  # the segment's score
+    assert all(box[4] == pytest.approx(0.9) for box in out.values())  # the run's score
     assert apply_temporal({f: [detection(f, 0.22)] for f in range(20)}, mode, carry) == {}
     strong_then_weak = {f: [detection(f, 0.9 if f < 5 else 0.22)] for f in range(20)}
     assert sorted(apply_temporal(strong_then_weak, mode, carry)) == list(range(5))
@@ -179,6 +179,22 @@ def test_without_continuity_a_weak_box_is_kept_only_where_it_saves_switches(mode
     assert bridged[10][:4] == pytest.approx(target_box(10))
     rewarded = apply_temporal(stream(0.15), mode, TemporalConfig(continuity=0.5))  # 2 x 0.5 x IoU 0.76
     assert rewarded[10][:4] == pytest.approx(off_track)
+
+
+@pytest.mark.parametrize("mode", TRACKING)
+def test_a_weak_segment_inside_a_confirmed_run_is_reported_with_the_runs_score(mode):
+    """Two weak boxes elsewhere (0.22, under the 0.25 threshold, cheaper than two switches) while the target
+    is in view form a segment of their own in the target's presence run: they are reported with the run's
+    score, so a file of the final boxes scores the same with the threshold as without it."""
+    elsewhere = (600.0, 300.0, 630.0, 320.0, 0.22)
+    dets = {f: [elsewhere] if f in (10, 11) else [detection(f)] for f in range(20)}
+    out = apply_temporal(dets, mode)
+    assert out[10][:4] == elsewhere[:4] and out[11][:4] == elsewhere[:4]
+    assert all(box[4] == pytest.approx(0.9) for box in out.values())
+    gt = {f: target_box(f) for f in range(20)}
+    threshold = TemporalConfig().score_threshold
+    assert st_iou(gt, out, 20, threshold) == pytest.approx(st_iou(gt, out, 20, 0.0))
+    assert st_iou(gt, out, 20, threshold) == pytest.approx(18 / 20)
 
 
 def test_online_output_is_final_after_the_stated_delay_and_matches_the_batch_form():

@@ -32,8 +32,9 @@ video's own frame indices, so frames left out (every k-th frame scored) change n
 3. **The reported box** follows the detector: a weighted (by score) linear fit, in time, of the segment's
    own detections within ``smooth_frames`` frames either side, centred on the frame, so motion and changes
    of size or aspect are followed without lag and a perfect detector is reproduced exactly. A frame inside a
-   bridged gap gets the box interpolated between the two sides. Its score is the segment's highest detection
-   score, so every reported box passes ``score_threshold``.
+   bridged gap gets the box interpolated between the two sides. Its score is the highest detection score of
+   its presence run, so every reported box passes ``score_threshold``, also on a segment of weak boxes
+   inside a confirmed run (which the run's presence stands for), and what is scored is what is written.
 
 Modes (:data:`MODES`):
 
@@ -171,14 +172,11 @@ class _Segment:
     scores: list[float]
     strong_hits: int = 0  # detections >= score_threshold
     coverage: int = 0  # frames of the video they stand for
+    run_peak: float = 0.0  # the highest detection score of its presence run: the score of its reported boxes
 
     @property
     def last(self) -> int:
         return self.frames[-1]
-
-    @property
-    def peak(self) -> float:
-        return max(self.scores)
 
     def add(self, frame: int, det: np.ndarray, previous: int | None, config: TemporalConfig) -> None:
         """Append a detection; ``previous`` is the observed frame before ``frame``."""
@@ -253,8 +251,14 @@ def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig)
             runs[-1][-1].add(frame, det, previous, config)
             first_miss = None
         previous = frame
-    confirmed = [run for run in runs if _confirmed(run, config)]
-    return [segment for run in confirmed for segment in (run if config.weak_ends else _trimmed(run, config))]
+    reported = []
+    for run in runs:
+        if _confirmed(run, config):
+            peak = max(score for segment in run for score in segment.scores)
+            for segment in run if config.weak_ends else _trimmed(run, config):
+                segment.run_peak = peak
+                reported.append(segment)
+    return reported
 
 
 def _trimmed(run: list[_Segment], config: TemporalConfig) -> list[_Segment]:
@@ -294,7 +298,7 @@ def _report(
         if image_size is not None:
             x2, y2 = min(x2, float(image_size[0])), min(y2, float(image_size[1]))
         if x2 > x1 and y2 > y1:
-            out.append((frame, (x1, y1, x2, y2, segments[i].peak)))
+            out.append((frame, (x1, y1, x2, y2, segments[i].run_peak)))
     return out
 
 
