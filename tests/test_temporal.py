@@ -1,5 +1,6 @@
 """Temporal post-processing on synthetic detection streams: the four faults of the old filter (lock-on,
-dropped starts, lagging box, stride), perfect detectors, flicker removal, gaps, the online delay, bad input."""
+dropped starts, lagging box, stride), perfect detectors, flicker removal, gaps, the online delay, the offline
+per-video threshold, bad input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from refdet_edge.evaluation.metrics import evaluate, paired_iou, st_iou
 from refdet_edge.evaluation.temporal import MODES, OnlineTracker, TemporalConfig, apply_temporal
+from refdet_edge.evaluation.video_threshold import otsu_split, score_split, video_threshold
 
 TRACKING = ("online", "offline")
 SIZE = (1280, 720)
@@ -140,7 +142,7 @@ def test_weak_detections_carry_a_track_between_strong_ones_but_never_start_or_ex
     """0.22 is under the 0.25 threshold, by less than what continuing the target earns at continuity 0.25 (a
     logit deficit of 0.17). Before a run's first strong detection and after its last, weak boxes that
     continue it (the target leaving, a look-alike where it was) are left out unless ``weak_ends``."""
-    carry = TemporalConfig(continuity=0.25, weak_ends=False)
+    carry = TemporalConfig(continuity=0.25, weak_ends=False, split_weight=0.0)
     bridged = {f: [detection(f, 0.22 if 5 <= f < 10 else 0.9)] for f in range(20)}
     out = apply_temporal(bridged, mode, carry)
     assert sorted(out) == list(range(20))
@@ -165,19 +167,21 @@ def test_weak_detections_carry_a_track_between_strong_ones_but_never_start_or_ex
 def test_without_continuity_a_weak_box_is_kept_only_where_it_saves_switches(mode):
     """The defaults (continuity 0, switch cost 0.25): a weak box earns nothing for continuing the target, so
     the path takes it only where leaving and coming back would cost more (two switches, 0.5 logits) than its
-    deficit under the threshold; otherwise the frame is bridged by interpolation."""
+    deficit under the threshold; otherwise the frame is bridged by interpolation (offline at the operating
+    point itself: the strong target would raise this video's threshold)."""
     x1, y1, x2, y2 = target_box(10)
     off_track = (x1 + 4, y1, x2 + 4, y2)  # the detector's box, 4 px off the linear motion
 
     def stream(score):
         return {f: [(*off_track, score)] if f == 10 else [detection(f)] for f in range(20)}
 
-    kept = apply_temporal(stream(0.22), mode)  # a deficit of 0.17 logits: cheaper than two switches
+    config = TemporalConfig(split_weight=0.0)
+    kept = apply_temporal(stream(0.22), mode, config)  # a deficit of 0.17 logits: cheaper than two switches
     assert kept[10][:4] == pytest.approx(off_track)
-    bridged = apply_temporal(stream(0.15), mode)  # 0.64 logits
+    bridged = apply_temporal(stream(0.15), mode, config)  # 0.64 logits
     assert sorted(bridged) == list(range(20))
     assert bridged[10][:4] == pytest.approx(target_box(10))
-    rewarded = apply_temporal(stream(0.15), mode, TemporalConfig(continuity=0.5))  # 2 x 0.5 x IoU 0.76
+    rewarded = apply_temporal(stream(0.15), mode, replace(config, continuity=0.5))  # 2 x 0.5 x IoU 0.76
     assert rewarded[10][:4] == pytest.approx(off_track)
 
 
@@ -185,16 +189,63 @@ def test_without_continuity_a_weak_box_is_kept_only_where_it_saves_switches(mode
 def test_a_weak_segment_inside_a_confirmed_run_is_reported_with_the_runs_score(mode):
     """Two weak boxes elsewhere (0.22, under the 0.25 threshold, cheaper than two switches) while the target
     is in view form a segment of their own in the target's presence run: they are reported with the run's
-    score, so a file of the final boxes scores the same with the threshold as without it."""
+    score, so a file of the final boxes scores the same with the threshold as without it (offline at the
+    operating point itself)."""
     elsewhere = (600.0, 300.0, 630.0, 320.0, 0.22)
     dets = {f: [elsewhere] if f in (10, 11) else [detection(f)] for f in range(20)}
-    out = apply_temporal(dets, mode)
+    out = apply_temporal(dets, mode, TemporalConfig(split_weight=0.0))
     assert out[10][:4] == elsewhere[:4] and out[11][:4] == elsewhere[:4]
     assert all(box[4] == pytest.approx(0.9) for box in out.values())
     gt = {f: target_box(f) for f in range(20)}
     threshold = TemporalConfig().score_threshold
     assert st_iou(gt, out, 20, threshold) == pytest.approx(st_iou(gt, out, 20, 0.0))
     assert st_iou(gt, out, 20, threshold) == pytest.approx(18 / 20)
+
+
+def test_otsu_split_is_the_midpoint_between_the_two_groups():
+    assert otsu_split([0.1] * 5 + [0.9] * 3) == pytest.approx(0.5)
+    assert otsu_split([0.0, 0.05, 0.05, 0.27, 0.27, 0.9, 0.9, 0.9]) == pytest.approx(0.585)
+    assert otsu_split([0.4, 0.4]) is None and otsu_split([]) is None
+
+
+def test_the_score_split_stays_in_the_valley_when_one_group_is_broad():
+    """A narrow background group (0.68 +- 0.01) and a broad target group (0.78 +- 0.04): Otsu's split, made
+    for equal spreads, cuts into the target group; the mixture's lies between the two groups."""
+    rng = np.random.default_rng(0)
+    background, target = rng.normal(0.68, 0.01, 40), rng.normal(0.78, 0.04, 26)
+    scores = np.concatenate([background, target])
+    assert (target < otsu_split(scores)).sum() >= 5
+    assert background.max() < score_split(scores) < target.min()
+    assert score_split([0.05] * 10 + [0.85] * 10) == pytest.approx(0.45, abs=0.01)
+    assert score_split([0.1, 0.1, 0.9]) == otsu_split([0.1, 0.1, 0.9])  # a group of one: Otsu's
+    assert score_split([0.3]) is None
+
+
+def test_the_offline_threshold_rises_toward_the_videos_split_and_never_falls():
+    config = TemporalConfig()  # threshold 0.25, split_weight 0.5
+    assert video_threshold([0.05] * 10 + [0.85] * 10, config) == pytest.approx(0.25 + 0.5 * 0.2, abs=0.01)
+    assert video_threshold([0.05] * 10 + [0.15] * 10, config) == 0.25  # the split is under the threshold
+    assert video_threshold([0.05] * 10 + [0.85] * 10, replace(config, split_weight=0.0)) == 0.25
+
+
+@pytest.mark.parametrize("mode", TRACKING)
+def test_offline_drops_a_look_alike_just_over_the_threshold_where_the_target_stands_out(mode):
+    """The target scores 0.9 on frames 0-29; a look-alike elsewhere scores 0.27, just over the 0.25 operating
+    point, on the background frames 40-69; clutter scores 0.05 on 70-99. Online (each frame decided with 5
+    frames of the future) reports the look-alike; offline, with the whole video's scores known, raises this
+    video's threshold half the way to where they split (0.89, to 0.57) and drops it."""
+    look_alike = (600.0, 300.0, 630.0, 320.0, 0.27)
+    clutter = (50.0, 600.0, 60.0, 610.0, 0.05)
+    dets = {f: [detection(f)] if f < 30 else [look_alike] if 40 <= f < 70 else [clutter] for f in range(100)}
+    dets.update({f: [] for f in range(30, 40)})
+    gt = {f: target_box(f) for f in range(30)}
+    out = apply_temporal(dets, mode)
+    if mode == "offline":
+        assert sorted(out) == list(range(30))
+        assert st_iou(gt, out, 100, 0.25) == pytest.approx(1.0)
+        assert sorted(apply_temporal(dets, mode, TemporalConfig(split_weight=0.0))) != sorted(out)
+    else:
+        assert sorted(out) == [*range(30), *range(40, 70)]
 
 
 def test_online_output_is_final_after_the_stated_delay_and_matches_the_batch_form():
@@ -290,14 +341,17 @@ def test_bad_input_is_refused():
         TemporalConfig(keep_fraction=1.5)
     with pytest.raises(ValueError, match="weak_ends"):
         TemporalConfig(weak_ends="no")
+    for weight in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="split_weight"):
+            TemporalConfig(split_weight=weight)
     assert MODES == ("online", "offline", "off")
 
 
 def test_without_path_weights_segments_or_gaps_the_output_is_the_raw_one():
     gt, dets, num_frames = jittery_stream(0)
-    bare = TemporalConfig(continuity=0.0, switch_cost=0.0, confirm_frames=1, max_gap=0)
+    bare = TemporalConfig(continuity=0.0, switch_cost=0.0, confirm_frames=1, max_gap=0, split_weight=0.0)
     raw = {f: box[:4] for f, box in apply_temporal(dets, "off", bare).items()}
-    for mode in TRACKING:  # the same boxes (a reported box's score is its segment's highest)
+    for mode in TRACKING:  # the same boxes (a reported box's score is its run's highest)
         assert {f: box[:4] for f, box in apply_temporal(dets, mode, bare).items()} == raw, mode
 
 

@@ -18,8 +18,9 @@ DELAY = TemporalConfig().delay
 
 TEMPORAL_HELP = (
     f"online: each frame's box is final {DELAY} frames later (bounded latency, for a live system); offline: "
-    "the whole video is known before any box is chosen (for scoring and a prediction file); off: each "
-    "frame's best detection over --conf."
+    "the whole video is known before any box is chosen (for scoring and a prediction file), and each "
+    "video's threshold rises from --conf toward the split of its own scores; off: each frame's best "
+    "detection over --conf."
 )
 
 EVAL_EPILOG = """Examples (on `refdet data synth --out demo_data` and a model trained on it):

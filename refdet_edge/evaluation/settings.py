@@ -29,6 +29,7 @@ class TemporalConfig:
     gate: float = 1.0  # max centre distance across a bridged gap, in box diagonals
     smooth_frames: int = 0  # half-width of the linear fit that gives the reported box (0: the detection)
     weak_ends: bool = True  # whether weak detections may lead or trail a reported run (else only bridge)
+    split_weight: float = 0.5  # offline: how far each video's threshold rises to the split of its scores
 
     def __post_init__(self) -> None:
         for name in ("confirm_frames", "max_gap", "smooth_frames"):
@@ -46,6 +47,10 @@ class TemporalConfig:
         if not math.isfinite(self.score_threshold):
             raise ValueError(
                 f"TemporalConfig.score_threshold: expected a number, got {self.score_threshold!r}"
+            )
+        if not (math.isfinite(self.split_weight) and 0 <= self.split_weight <= 1):
+            raise ValueError(
+                f"TemporalConfig.split_weight: expected a number in [0, 1], got {self.split_weight!r}"
             )
         if not (math.isfinite(self.keep_fraction) and 0 <= self.keep_fraction <= 1):
             raise ValueError(
