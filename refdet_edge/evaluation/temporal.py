@@ -12,7 +12,8 @@ video's own frame indices, so frames left out (every k-th frame scored) change n
    - ``-switch_cost`` each time the target appears or disappears.
 
    The best path is found exactly (Viterbi). With ``continuity = switch_cost = 0`` it is each frame's best
-   detection over the threshold, the raw output: the weights only add what the neighbouring frames say. A
+   detection over the threshold (offline: the video's own, see Modes), the raw output: the weights only add
+   what the neighbouring frames say. A
    strong detection anywhere takes over from a weak one at once (no gate locks it out), and a weak detection
    is kept where its deficit under the threshold costs less than leaving and coming back (two switches) plus
    what ``continuity`` pays for continuing the target.
