@@ -13,10 +13,9 @@ video's own frame indices, so frames left out (every k-th frame scored) change n
 
    The best path is found exactly (Viterbi). With ``continuity = switch_cost = 0`` it is each frame's best
    detection over the threshold (offline: the video's own, see Modes), the raw output: the weights only add
-   what the neighbouring frames say. A
-   strong detection anywhere takes over from a weak one at once (no gate locks it out), and a weak detection
-   is kept where its deficit under the threshold costs less than leaving and coming back (two switches) plus
-   what ``continuity`` pays for continuing the target.
+   what the neighbouring frames say. A strong detection anywhere takes over from a weak one at once (no
+   gate locks it out), and a weak detection is kept where its deficit under the threshold costs less than
+   leaving and coming back (two switches) plus what ``continuity`` pays for continuing the target.
 2. **Presence runs and segments.** The path's boxes form presence runs: boxes anywhere in the frame, across
    gaps of at most ``max_gap`` frames of the video; within a run they form segments: boxes whose centres stay
    within ``gate`` box diagonals. A run is reported only if it holds at least two detections with
@@ -43,22 +42,18 @@ Modes (:data:`MODES`):
   (5 frames, 0.2 s at 25 fps, with the defaults): fixed-lag decoding, the best path over what is known by
   then (at most :data:`HISTORY` observed frames back). :class:`OnlineTracker` is the streaming form for a
   live system.
-- ``offline``: the whole video is known: the best path over all of it, at the video's own threshold. A
-  detector's scores are not calibrated across videos (one set of reference photos matches its background
-  better than another), while a video that shows the target somewhere has two groups of per-frame best
-  scores, the target's and the background's. So the threshold rises ``split_weight`` of the way from
-  ``score_threshold`` to where the video's per-frame best scores split into those groups
-  (:mod:`refdet_edge.evaluation.video_threshold`), never lower than ``score_threshold``: look-alikes just
-  over the operating point, in a video where the target scores well above it, become weak detections.
-  Online, the future scores are unknown.
+- ``offline``: the whole video is known: the best path over all of it, at the video's own threshold:
+  ``score_threshold`` raised ``split_weight`` of the way to where the video's per-frame best scores split
+  into a background group and a target group (:mod:`refdet_edge.evaluation.video_threshold`). Online, the
+  future scores are unknown.
 - ``off``: each frame's highest-scoring detection with ``score >= score_threshold``, unchanged (the figure
   that ``raw`` ST-IoU scores).
 
 ``continuity``, ``switch_cost``, ``confirm_frames``, ``weak_ends``, ``max_gap``, ``smooth_frames`` and
 ``split_weight`` were chosen with ``benchmarks/temporal_sweep.py`` on raw detections of frames that no
-reported split holds (``real_data/unseen``, never ``test`` or ``seen``): the 4 validation objects (the two-stage baseline and
-the verifying mobilenetv2 model at ``verify_scale`` 2) and the training part of the 17 training objects
-(that model, whose weights training never moved); the others on synthetic streams
+reported split holds (``real_data/unseen``, never ``test`` or ``seen``): the 4 validation objects (the
+two-stage baseline and the verifying mobilenetv2 model at ``verify_scale`` 2) and the training part of the
+17 training objects (that model, whose weights training never moved); the others on synthetic streams
 (``tests/test_temporal.py``). The chosen ``continuity`` is 0: the path adds only the switch cost to each
 frame's detections.
 """
