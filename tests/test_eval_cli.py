@@ -14,7 +14,10 @@ from click.testing import CliRunner
 
 from refdet_edge.cli import cli
 from refdet_edge.data.annotations import DETECTIONS_KEY, load_annotations, load_detections, save_annotations
+from refdet_edge.data.dataset import DroneDataset
 from refdet_edge.data.splits import split_kind
+from refdet_edge.evaluation.settings import TemporalConfig
+from refdet_edge.evaluation.video_threshold import video_threshold
 from refdet_edge.models import atomic_save, checkpoint_payload, create_model
 
 # a random model scores far below any real threshold: at 0 it reports its best boxes on every frame
@@ -75,6 +78,9 @@ def test_eval_weights_reports_raw_online_offline_side_by_side(model_eval, synth_
     assert metrics["split_kind"] == split_kind(synth_root, "val")
     assert f"split val: {metrics['split_kind']}" in output
     assert metrics["settings"]["temporal"]["online_delay_frames"] == 5
+    thresholds = metrics["settings"]["temporal"]["offline_threshold_per_video"]
+    assert sorted(thresholds) == video_ids(synth_root)
+    assert all(t >= metrics["settings"]["score_threshold"] for t in thresholds.values())
     for stage in STAGES:
         assert METRIC_KEYS <= set(metrics[stage]["overall"])
         assert sorted(metrics[stage]["per_video"]) == video_ids(synth_root)
@@ -113,6 +119,15 @@ def test_raw_predictions_hold_every_scored_box_and_rerun_without_the_model(model
         assert sorted(rerun_boxes[vid]) == sorted(frames)
         for f, dets in frames.items():
             assert rerun_boxes[vid][f][0] == pytest.approx(dets[0], abs=0.01)
+    # each video's offline threshold: the split of its frames' best scores, and every final box passes it
+    thresholds = rerun["settings"]["temporal"]["offline_threshold_per_video"]
+    config = TemporalConfig(score_threshold=0.0)
+    for video in DroneDataset(synth_root, "val").videos:
+        frames = raw.boxes[video.video_id]
+        best = [frames[f][0][4] if frames.get(f) else 0.0 for f in video.frames]
+        assert thresholds[video.video_id] == pytest.approx(video_threshold(best, config), abs=1e-6)
+        assert all(d[0][4] >= thresholds[video.video_id] - 1e-6 for d in rerun_boxes[video.video_id].values())
+    assert max(thresholds.values()) > 0.0  # the model's scores split over the --conf 0 operating point
 
 
 def test_written_predictions_score_as_the_model_did(model_eval, synth_root, tmp_path):

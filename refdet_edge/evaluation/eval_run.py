@@ -93,6 +93,7 @@ def _finish(
             "temporal": {
                 **dataclasses.asdict(validator.config.tracking),
                 "online_delay_frames": validator.config.tracking.delay,
+                "offline_threshold_per_video": validator.offline_thresholds(raw),
             },
         },
     }

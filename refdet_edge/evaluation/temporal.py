@@ -176,7 +176,6 @@ class _Segment:
     scores: list[float]
     strong_hits: int = 0  # detections >= score_threshold
     coverage: int = 0  # frames of the video they stand for
-    run_peak: float = 0.0  # the highest detection score of its presence run: the score of its reported boxes
 
     @property
     def last(self) -> int:
@@ -238,8 +237,11 @@ def _confirmed(run: list[_Segment], config: TemporalConfig) -> bool:
     return hits >= min(2, config.confirm_frames) and coverage >= config.confirm_frames
 
 
-def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig) -> list[_Segment]:
-    """The reported segments of a path (step 2), in frame order: those of a confirmed presence run."""
+def _segments(
+    path: list[tuple[int, np.ndarray | None]], config: TemporalConfig
+) -> list[tuple[_Segment, float]]:
+    """The reported segments of a path (step 2), in frame order: those of a confirmed presence run, each with
+    the run's highest detection score (step 3)."""
     runs: list[list[_Segment]] = []
     previous: int | None = None
     first_miss: int | None = None
@@ -255,14 +257,12 @@ def _segments(path: list[tuple[int, np.ndarray | None]], config: TemporalConfig)
             runs[-1][-1].add(frame, det, previous, config)
             first_miss = None
         previous = frame
-    reported = []
-    for run in runs:
-        if _confirmed(run, config):
-            peak = max(score for segment in run for score in segment.scores)
-            for segment in run if config.weak_ends else _trimmed(run, config):
-                segment.run_peak = peak
-                reported.append(segment)
-    return reported
+    return [
+        (segment, max(score for part in run for score in part.scores))
+        for run in runs
+        if _confirmed(run, config)
+        for segment in (run if config.weak_ends else _trimmed(run, config))
+    ]
 
 
 def _trimmed(run: list[_Segment], config: TemporalConfig) -> list[_Segment]:
@@ -282,19 +282,21 @@ def _trimmed(run: list[_Segment], config: TemporalConfig) -> list[_Segment]:
 
 
 def _report(
-    segments: list[_Segment],
+    segments: list[tuple[_Segment, float]],
     frames: Iterable[int],
     config: TemporalConfig,
     image_size: tuple[int, int] | None,
 ) -> list[tuple[int, ScoredBox]]:
-    """The reported box of each of ``frames`` (in increasing order) that a segment covers."""
+    """The reported box of each of ``frames`` (in increasing order) that a segment covers, with its run's
+    score."""
     out, i = [], 0
     for frame in frames:
-        while i < len(segments) and segments[i].last < frame:
+        while i < len(segments) and segments[i][0].last < frame:
             i += 1
-        if i == len(segments) or segments[i].frames[0] > frame:
+        if i == len(segments) or segments[i][0].frames[0] > frame:
             continue
-        box = segments[i].box_at(frame, config.smooth_frames)
+        segment, score = segments[i]
+        box = segment.box_at(frame, config.smooth_frames)
         if box is None:
             continue
         x1, y1, x2, y2 = (float(v) for v in box)
@@ -302,7 +304,7 @@ def _report(
         if image_size is not None:
             x2, y2 = min(x2, float(image_size[0])), min(y2, float(image_size[1]))
         if x2 > x1 and y2 > y1:
-            out.append((frame, (x1, y1, x2, y2, segments[i].run_peak)))
+            out.append((frame, (x1, y1, x2, y2, score)))
     return out
 
 
@@ -363,6 +365,20 @@ def _frames_in_order(
     return [(f, by_frame.get(f, [])) for f in observed]
 
 
+def _offline_threshold(observed: list[tuple[int, list[ScoredBox]]], config: TemporalConfig) -> float:
+    return video_threshold([dets[0][4] if dets else 0.0 for _, dets in observed], config)
+
+
+def offline_threshold(
+    detections_by_frame: Mapping[int, object] | Sequence[object],
+    config: TemporalConfig | None = None,
+    frames: Iterable[int] | None = None,
+) -> float:
+    """The threshold the ``offline`` mode of :func:`apply_temporal` uses on one video (the same arguments):
+    :func:`~refdet_edge.evaluation.video_threshold.video_threshold` of each observed frame's best score."""
+    return _offline_threshold(_frames_in_order(detections_by_frame, frames), config or TemporalConfig())
+
+
 def apply_temporal(
     detections_by_frame: Mapping[int, object] | Sequence[object],
     mode: str = "online",
@@ -392,9 +408,7 @@ def apply_temporal(
             out.update(tracker.update(frame, dets))
         out.update(tracker.finish())
         return out
-    config = replace(
-        config, score_threshold=video_threshold([d[0][4] if d else 0.0 for _, d in observed], config)
-    )
+    config = replace(config, score_threshold=_offline_threshold(observed, config))
     path = _Path(config)
     for frame, dets in observed:
         path.observe(frame, dets)

@@ -17,7 +17,7 @@ import torch
 
 from refdet_edge.data.dataset import DroneDataset, VideoRecord
 from refdet_edge.evaluation.metrics import DEFAULT_SCORE_THRESHOLD, evaluate, st_iou
-from refdet_edge.evaluation.temporal import ScoredBox, TemporalConfig, apply_temporal
+from refdet_edge.evaluation.temporal import ScoredBox, TemporalConfig, apply_temporal, offline_threshold
 from refdet_edge.models.refdet import RefDetModel
 from refdet_edge.postprocess import postprocess
 from refdet_edge.preprocess import preprocess_images
@@ -126,11 +126,25 @@ class Validator:
         of other frames are left out), by the temporal ``mode`` (``off``: each frame's best detection over the
         threshold). What the stages score and
         what a prediction file holds."""
-        cfg = self.config
-        frames = scored_frames(video, cfg.frame_stride)
+        dets, frames = self._scored(video, raw)
+        return apply_temporal(dets, mode, self.config.tracking, video.cached.orig_size, frames=frames)
+
+    def offline_thresholds(self, raw: dict[str, dict[int, ScoredBoxes]]) -> dict[str, float]:
+        """The threshold the ``offline`` mode of :meth:`final_boxes` uses on each video (its own, from its
+        scores: :mod:`refdet_edge.evaluation.video_threshold`)."""
+        out = {}
+        for video in self.dataset.videos:
+            dets, frames = self._scored(video, raw.get(video.video_id, {}))
+            out[video.video_id] = offline_threshold(dets, self.config.tracking, frames)
+        return out
+
+    def _scored(
+        self, video: VideoRecord, raw: dict[int, ScoredBoxes]
+    ) -> tuple[dict[int, ScoredBoxes], list[int]]:
+        """The raw detections of the scored frames of ``video``, and those frames."""
+        frames = scored_frames(video, self.config.frame_stride)
         scored = set(frames)
-        dets = {f: d for f, d in raw.items() if f in scored}
-        return apply_temporal(dets, mode, cfg.tracking, video.cached.orig_size, frames=frames)
+        return {f: d for f, d in raw.items() if f in scored}, frames
 
     def _stage_boxes(self, video: VideoRecord, raw: dict[int, ScoredBoxes], stage: str) -> dict[int, object]:
         """What a stage of :data:`STAGES` scores of one video, at the positions of its scored frames: every raw
