@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import sys
-from pathlib import Path
-
-import cv2
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import load_benchmark
 
 from refdet_edge.evaluation.settings import TemporalConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("temporal_sweep", ROOT / "benchmarks" / "temporal_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sweep = _load_module()
+sweep = load_benchmark("temporal_sweep")
 DEFAULT = {"continuity": TemporalConfig().continuity, "max_gap": TemporalConfig().max_gap}
 OTHER = {"continuity": 0.5, "max_gap": 10}
 
@@ -51,30 +34,6 @@ def test_among_equal_smaller_gains_the_best_offline_gain_wins():
     as it was: the offline gain breaks that tie."""
     scored = [(DEFAULT, [0.03, 0.03], [0.04, 0.04], 0), (OTHER, [0.03, 0.03], [0.05, 0.06], 0)]
     assert sweep.choose(scored, TemporalConfig()) == (OTHER, 0, pytest.approx(0.03))
-
-
-@pytest.fixture
-def tiny_split(tmp_path) -> tuple[Path, Path]:
-    """One val video of 20 frames, the target on 0-9; raw detections that miss it on frame 5 and put a lone
-    false positive on frame 17: bridging the gap and dropping the flicker both raise ST-IoU over raw."""
-    root = tmp_path / "data"
-    frames = root / "samples" / "a" / "frames"
-    frames.mkdir(parents=True)
-    for index in range(20):
-        cv2.imwrite(str(frames / f"{index:06d}.jpg"), np.zeros((64, 96, 3), np.uint8))
-    (root / "samples" / "a" / "object_images").mkdir()
-    cv2.imwrite(str(root / "samples" / "a" / "object_images" / "img_1.jpg"), np.zeros((8, 8, 3), np.uint8))
-    target = [{"frame": f, "x1": 10 + f, "y1": 10, "x2": 30 + f, "y2": 30} for f in range(10)]
-    (root / "annotations").mkdir()
-    (root / "annotations" / "annotations.json").write_text(
-        json.dumps([{"video_id": "a", "annotations": [{"bboxes": target}]}])
-    )
-    (root / "splits.json").write_text(json.dumps({"train": [], "val": [{"video_id": "a"}], "test": []}))
-    raw = [{**box, "score": 0.9} for box in target if box["frame"] != 5]
-    raw.append({"frame": 17, "x1": 60, "y1": 30, "x2": 80, "y2": 50, "score": 0.9})
-    predictions = tmp_path / "raw.json"
-    predictions.write_text(json.dumps([{"video_id": "a", "detections": [{"bboxes": raw}]}]))
-    return root, predictions
 
 
 def test_the_script_scores_every_combination_and_chooses_by_the_rule(tiny_split, monkeypatch):

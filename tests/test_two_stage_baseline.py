@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import load_benchmark
 
 from refdet_edge.evaluation.metrics import load_predictions
 
@@ -23,17 +22,7 @@ MOBILENET = SHARED / "weights" / "mobilenetv2_100-imagenet.safetensors"
 BOAT = SHARED / "data" / "sot" / "boat1"
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location(
-        "two_stage_baseline", ROOT / "benchmarks" / "two_stage_baseline.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tsb = _load_module()
+tsb = load_benchmark("two_stage_baseline")
 
 
 def _reference() -> np.ndarray:
