@@ -13,18 +13,15 @@ bound = load_benchmark("temporal_bound")
 
 @pytest.fixture
 def look_alike(tiny_split, tmp_path):
-    """The tiny split's target (frames 0-9 of 20) found on every frame but 5; on frame 3 a look-alike
-    outscores it, and a lone false positive stands on frame 17."""
-    root, _ = tiny_split
-    boxes = [{"frame": f, "x1": 10 + f, "y1": 10, "x2": 30 + f, "y2": 30, "score": 0.9} for f in range(10)]
-    boxes = [box for box in boxes if box["frame"] != 5]
-    boxes[3]["score"] = 0.6
-    boxes += [
-        {"frame": 3, "x1": 60, "y1": 30, "x2": 80, "y2": 50, "score": 0.95},
-        {"frame": 17, "x1": 60, "y1": 30, "x2": 80, "y2": 50, "score": 0.9},
-    ]
+    """The tiny split's raw detections (the target on frames 0-9 but 5, a lone false positive on 17) with a
+    look-alike that outscores the target on frame 3."""
+    root, predictions = tiny_split
+    listing = json.loads(predictions.read_text())
+    boxes = listing[0]["detections"][0]["bboxes"]
+    next(box for box in boxes if box["frame"] == 3)["score"] = 0.6
+    boxes.append({"frame": 3, "x1": 60, "y1": 30, "x2": 80, "y2": 50, "score": 0.95})
     path = tmp_path / "look_alike.json"
-    path.write_text(json.dumps([{"video_id": "a", "detections": [{"bboxes": boxes}]}]))
+    path.write_text(json.dumps(listing))
     return root, path
 
 
