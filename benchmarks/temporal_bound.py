@@ -26,24 +26,28 @@ from pathlib import Path
 import click
 import numpy as np
 
+from refdet_edge.data.annotations import Box
 from refdet_edge.data.dataset import DroneDataset, VideoRecord
 from refdet_edge.evaluation.metrics import load_predictions, paired_iou, st_iou
 from refdet_edge.evaluation.validator import STAGES, ScoredBoxes, Validator, ValidatorConfig, positions
 
-BOUNDS = ("presence", "candidate")
+
+def _best_scored(truth: Box, boxes: ScoredBoxes) -> Box:
+    return max(boxes, key=lambda box: box[4])[:4]
+
+
+def _best_overlap(truth: Box, boxes: ScoredBoxes) -> Box:
+    return boxes[int(paired_iou([truth] * len(boxes), [box[:4] for box in boxes]).argmax())][:4]
+
+
+BOUNDS = {"presence": _best_scored, "candidate": _best_overlap}  # each frame's box that a bound chooses
 
 
 def _bound(video: VideoRecord, raw: dict[int, ScoredBoxes], bound: str) -> float:
-    """ST-IoU of one video's :data:`BOUNDS` prediction (see the module docstring)."""
-    chosen = {}
-    for frame, truth in video.boxes.items():
-        boxes = raw.get(frame, [])
-        if not boxes:
-            continue
-        if bound == "presence":
-            chosen[frame] = max(boxes, key=lambda box: box[4])[:4]
-        else:
-            chosen[frame] = boxes[int(paired_iou([truth] * len(boxes), [b[:4] for b in boxes]).argmax())][:4]
+    """ST-IoU of one video's :data:`BOUNDS` prediction: the chosen box on each frame that shows the target
+    and has a detection, nothing elsewhere."""
+    choose = BOUNDS[bound]
+    chosen = {frame: choose(truth, raw[frame]) for frame, truth in video.boxes.items() if raw.get(frame)}
     gt, pred = positions(video, video.boxes), positions(video, chosen)
     return st_iou(gt, pred, len(video.frames), 0.0, video.video_id)
 
